@@ -1,0 +1,5 @@
+import sys
+
+from pixeldiffusion.cli import main
+
+sys.exit(main())

@@ -1,0 +1,6 @@
+"""Datasets: a registry of names, loaders for the real file formats, verified downloads, and the built-in digits."""
+
+from pixeldiffusion.data.imagedata import ImageData, pad_to, resize, to_model_range, to_uint8
+from pixeldiffusion.data.registry import describe_datasets, load_dataset
+
+__all__ = ["ImageData", "describe_datasets", "load_dataset", "pad_to", "resize", "to_model_range", "to_uint8"]

@@ -1,0 +1,127 @@
+"""The building blocks of the U-Net: residual and ConvNeXt blocks, attention, resampling."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    """Zero the weights and bias, so a residual branch starts as the identity (DDPM, ADM)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class EmbeddingInjection(nn.Module):
+    """Conditions feature maps on the embedding: h + W e ("additive"), or norm(h) (1 + scale) + shift
+    ("scale_shift", FiLM as in Dhariwal & Nichol 2021, section 3); the norm is applied here in both cases."""
+
+    def __init__(self, embed_dim: int, channels: int, norm: nn.Module, mode: str):
+        super().__init__()
+        self.mode, self.norm = mode, norm
+        self.proj = nn.Sequential(nn.SiLU(), nn.Linear(embed_dim, channels * (2 if mode == "scale_shift" else 1)))
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        e = self.proj(emb)[:, :, None, None]  # (B, C or 2C, 1, 1)
+        if self.mode == "scale_shift":
+            scale, shift = e.chunk(2, dim=1)
+            return self.norm(h) * (1 + scale) + shift
+        return self.norm(h + e)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm, SiLU, 3x3 conv, time/condition injection, SiLU, dropout, zero-initialised 3x3 conv, skip."""
+
+    def __init__(self, c_in: int, c_out: int, embed_dim: int, *, groups: int, dropout: float, injection: str):
+        super().__init__()
+        self.in_layers = nn.Sequential(nn.GroupNorm(groups, c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
+        self.inject = EmbeddingInjection(embed_dim, c_out, nn.GroupNorm(groups, c_out), injection)
+        self.out_layers = nn.Sequential(
+            nn.SiLU(), nn.Dropout(dropout), zero_init(nn.Conv2d(c_out, c_out, 3, padding=1))
+        )
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.inject(self.in_layers(x), emb)
+        return self.skip(x) + self.out_layers(h)
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt block (Liu et al. 2022): 7x7 depthwise conv, injection, 1x1 expand x2, GELU, 1x1 project."""
+
+    def __init__(self, c_in: int, c_out: int, embed_dim: int, *, groups: int, dropout: float, injection: str):
+        super().__init__()
+        self.depthwise = nn.Conv2d(c_in, c_in, 7, padding=3, groups=c_in)
+        self.inject = EmbeddingInjection(embed_dim, c_in, nn.GroupNorm(1, c_in), injection)
+        self.mlp = nn.Sequential(
+            nn.Conv2d(c_in, 2 * c_out, 1),
+            nn.GELU(),
+            nn.GroupNorm(groups, 2 * c_out),
+            nn.Dropout(dropout),
+            zero_init(nn.Conv2d(2 * c_out, c_out, 1)),
+        )
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.mlp(self.inject(self.depthwise(x), emb))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all pixels (Vaswani et al. 2017), pre-norm, zero-initialised output."""
+
+    def __init__(self, channels: int, *, heads: int, groups: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = zero_init(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).transpose(-1, -2).unbind(1)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
+        return x + self.out(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class LinearAttention(nn.Module):
+    """Linear-cost attention (Shen et al. 2021): softmax over channels for q, over positions for k."""
+
+    def __init__(self, channels: int, *, heads: int, groups: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = zero_init(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)
+        q = q.softmax(dim=-2) * (C // self.heads) ** -0.5
+        k = k.softmax(dim=-1)
+        context = k @ v.transpose(-1, -2)  # (B, heads, d, d)
+        h = context.transpose(-1, -2) @ q  # (B, heads, d, HW)
+        return x + self.out(h.reshape(B, C, H, W))
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a strided 3x3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour upsampling, then a 3x3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -1,0 +1,167 @@
+"""The noise-prediction U-Net of DDPM (Ho et al. 2020, appendix B), with the later options of ADM
+(Dhariwal & Nichol 2021) and of the seeds: scale-shift conditioning, ConvNeXt blocks, linear attention,
+class labels and context vectors.
+
+Every network in pixeldiffusion is called as ``model(x_t, t, cond)``: images (B, C, H, W), integer
+time steps (B,) in {0, ..., T}, and a condition (B,) of class labels or (B, D) of context vectors, or
+None. It returns the prediction named in the model's configuration (eps, x0 or v), shaped like x_t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pixeldiffusion.errors import ConfigError, PixelDiffusionError
+from pixeldiffusion.models.blocks import (
+    Attention,
+    ConvNeXtBlock,
+    Downsample,
+    LinearAttention,
+    ResBlock,
+    Upsample,
+    zero_init,
+)
+from pixeldiffusion.models.embeddings import ClassEmbedding, ContextEmbedding, TimeEmbedding
+
+BLOCKS = {"resnet": ResBlock, "convnext": ConvNeXtBlock}
+INJECTIONS = ("additive", "scale_shift")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    image_size: int = 16  # height and width of the images, in pixels
+    in_channels: int = 1  # 1 for grey, 3 for RGB
+    base_channels: int = 32  # channels at full resolution
+    channel_mult: tuple[int, ...] = (1, 2, 2)  # channel multiplier per level; level i runs at size / 2^i
+    num_res_blocks: int = 2  # blocks per level on the way down (one more on the way up)
+    attention_resolutions: tuple[int, ...] = (4,)  # resolutions (pixels) with full self-attention
+    linear_attention_resolutions: tuple[int, ...] = ()  # resolutions with linear attention
+    attention_heads: int = 4  # heads of every attention layer
+    norm_groups: int = 8  # GroupNorm groups
+    block: str = "resnet"  # "resnet" or "convnext"
+    injection: str = "scale_shift"  # how the time/condition embedding enters a block: "additive" or "scale_shift"
+    stem_kernel: int = 3  # kernel size of the first convolution (seed 002 uses 7)
+    dropout: float = 0.0  # dropout probability inside the blocks
+    num_classes: int = 0  # > 0: conditioned on class labels 0..num_classes-1
+    context_dim: int = 0  # > 0: conditioned on real-valued context vectors of this length
+
+    def __post_init__(self):
+        if self.block not in BLOCKS:
+            raise ConfigError(f"unknown block {self.block!r}; choose one of {', '.join(BLOCKS)}")
+        if self.injection not in INJECTIONS:
+            raise ConfigError(f"unknown injection {self.injection!r}; choose one of {', '.join(INJECTIONS)}")
+        if self.num_classes and self.context_dim:
+            raise ConfigError("a model is conditioned on class labels or on context vectors, not both")
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if self.image_size % factor:
+            raise ConfigError(
+                f"image size {self.image_size} is not divisible by {factor} = 2^(levels - 1) for "
+                f"channel_mult {self.channel_mult}; pad the images or use fewer levels"
+            )
+        for mult in self.channel_mult:
+            c = self.base_channels * mult
+            if c % self.norm_groups or c % self.attention_heads:
+                raise ConfigError(
+                    f"{c} channels do not split into {self.norm_groups} groups and {self.attention_heads} heads"
+                )
+
+    @property
+    def conditioning(self) -> str:
+        return "class" if self.num_classes else "context" if self.context_dim else "none"
+
+
+class UNet(nn.Module):
+    """A U-Net noise predictor: model(x_t, t, cond) -> prediction shaped like x_t."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = c = config
+        ch = c.base_channels
+        embed_dim = 4 * ch
+        self.time_embedding = TimeEmbedding(ch, embed_dim)
+        self.class_embedding = ClassEmbedding(c.num_classes, embed_dim) if c.num_classes else None
+        self.context_embedding = ContextEmbedding(c.context_dim, embed_dim) if c.context_dim else None
+
+        Block = BLOCKS[c.block]
+
+        def block(c_in: int, c_out: int) -> nn.Module:
+            return Block(c_in, c_out, embed_dim, groups=c.norm_groups, dropout=c.dropout, injection=c.injection)
+
+        def attention(channels: int, resolution: int) -> nn.Module | None:
+            if resolution in c.attention_resolutions:
+                return Attention(channels, heads=c.attention_heads, groups=c.norm_groups)
+            if resolution in c.linear_attention_resolutions:
+                return LinearAttention(channels, heads=c.attention_heads, groups=c.norm_groups)
+            return None
+
+        self.stem = nn.Conv2d(c.in_channels, ch, c.stem_kernel, padding=c.stem_kernel // 2)
+        self.down, skips, resolution, c_now = nn.ModuleList(), [ch], c.image_size, ch
+        for level, mult in enumerate(c.channel_mult):
+            for _ in range(c.num_res_blocks):
+                self.down.append(Stage(block(c_now, ch * mult), attention(ch * mult, resolution)))
+                c_now = ch * mult
+                skips.append(c_now)
+            if level < len(c.channel_mult) - 1:
+                self.down.append(Stage(Downsample(c_now)))
+                skips.append(c_now)
+                resolution //= 2
+
+        self.middle = nn.ModuleList(
+            [block(c_now, c_now), Attention(c_now, heads=c.attention_heads, groups=c.norm_groups), block(c_now, c_now)]
+        )
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(c.channel_mult))):
+            for i in range(c.num_res_blocks + 1):
+                self.up.append(Stage(block(c_now + skips.pop(), ch * mult), attention(ch * mult, resolution)))
+                c_now = ch * mult
+                if level > 0 and i == c.num_res_blocks:
+                    self.up.append(Stage(Upsample(c_now)))
+                    resolution *= 2
+
+        self.head = nn.Sequential(
+            nn.GroupNorm(c.norm_groups, c_now), nn.SiLU(), zero_init(nn.Conv2d(c_now, c.in_channels, 3, padding=1))
+        )
+
+    def embed(self, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """The embedding vector that conditions every block: time plus class or context, (B, 4 * base_channels)."""
+        emb = self.time_embedding(t)
+        if self.class_embedding is not None or self.context_embedding is not None:
+            if cond is None:
+                raise PixelDiffusionError(f"this model is {self.config.conditioning}-conditional: pass a condition")
+            module = self.class_embedding if self.class_embedding is not None else self.context_embedding
+            emb = emb + module(cond)
+        return emb
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        size = self.config.image_size
+        if x.shape[1:] != (self.config.in_channels, size, size):
+            raise PixelDiffusionError(
+                f"this model takes images of shape {(self.config.in_channels, size, size)}, got {tuple(x.shape[1:])}"
+            )
+        emb = self.embed(t, cond)
+        h = self.stem(x)
+        skips = [h]
+        for stage in self.down:
+            h = stage(h, emb)
+            skips.append(h)
+        h = self.middle[2](self.middle[1](self.middle[0](h, emb)), emb)
+        for stage in self.up:
+            h = stage(h if stage.resample else torch.cat([h, skips.pop()], dim=1), emb)
+        return self.head(h)
+
+
+class Stage(nn.Module):
+    """One step of the U-Net's path: a block (with the embedding) and optional attention, or a resampling."""
+
+    def __init__(self, block: nn.Module, attention: nn.Module | None = None):
+        super().__init__()
+        self.block, self.attention = block, attention
+        self.resample = isinstance(block, (Downsample, Upsample))
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.block(h) if self.resample else self.block(h, emb)
+        return self.attention(h) if self.attention is not None else h

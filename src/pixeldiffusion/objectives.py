@@ -1,0 +1,69 @@
+"""The denoising objective: noise an image, ask the network for its prediction, weight the error.
+
+L = w(t) * loss(model(x_t, t, cond), target),  x_t = q_sample(x0, t, eps),  t ~ U{1..T},  eps ~ N(0, I)
+(DDPM Algorithm 1, with the prediction target and weighting as options).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from pixeldiffusion.errors import ConfigError
+from pixeldiffusion.schedule import NoiseSchedule
+
+LOSSES = ("l2", "l1", "huber")
+WEIGHTINGS = ("none", "min_snr")
+
+
+def check_objective(loss: str, weighting: str) -> None:
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    if weighting not in WEIGHTINGS:
+        raise ConfigError(f"unknown loss weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+
+
+def elementwise_loss(output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean over pixels of the l2, l1 or huber error, one value per image (B,)."""
+    if kind == "l2":
+        err = F.mse_loss(output, target, reduction="none")
+    elif kind == "l1":
+        err = F.l1_loss(output, target, reduction="none")
+    else:
+        err = F.smooth_l1_loss(output, target, reduction="none")
+    return err.flatten(1).mean(dim=1)
+
+
+def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float = 5.0) -> torch.Tensor:
+    """Min-SNR-gamma weighting (Hang et al. 2023, eq. 9) expressed for the network's target:
+    min(SNR, gamma) / SNR for eps, min(SNR, gamma) for x0, min(SNR, gamma) / (SNR + 1) for v."""
+    clipped = snr.clamp(max=gamma)
+    if prediction == "eps":
+        return clipped / snr
+    if prediction == "x0":
+        return clipped
+    return clipped / (snr + 1)
+
+
+def denoising_loss(
+    model: Callable[..., torch.Tensor],
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    cond: torch.Tensor | None,
+    *,
+    prediction: str,
+    loss: str = "l2",
+    weighting: str = "none",
+    min_snr_gamma: float = 5.0,
+) -> torch.Tensor:
+    """The weighted per-image loss (B,) of one batch; its mean is what the optimiser minimises."""
+    x_t = schedule.q_sample(x0, t, eps)
+    output = model(x_t, t, cond)
+    per_image = elementwise_loss(output.float(), schedule.target(x0, eps, t, prediction), loss)
+    if weighting == "min_snr":
+        per_image = per_image * min_snr_weight(schedule.snr(t), prediction, min_snr_gamma)
+    return per_image

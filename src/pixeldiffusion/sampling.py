@@ -1,0 +1,175 @@
+"""Samplers: functions that walk a descending grid of time steps from x_T ~ N(0, I) down to x_0.
+
+Every sampler has the signature ``sampler(denoise, schedule, x_T, grid, *, generator, callback, ...)``:
+
+- ``denoise(x_t, t) -> (x0, eps)`` is the network seen through `make_denoiser`: guidance, prediction
+  type and clipping are already applied, so a sampler only does the maths of its paper.
+- ``grid`` holds steps + 1 integer times, T first and 0 last (see `timestep_grid`); the sampler walks
+  it in consecutive pairs (t, s), never deriving the previous step by subtracting a stride.
+- ``callback(i, t, x_t, x0)``, if given, sees every intermediate: step index, the time just left,
+  the new sample and the prediction of x0 it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from pixeldiffusion.errors import ConfigError
+from pixeldiffusion.models.embeddings import null_like
+from pixeldiffusion.schedule import NoiseSchedule
+
+SPACINGS = ("trailing", "leading", "linspace")
+Denoiser = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+def timestep_grid(T: int, steps: int, spacing: str = "trailing") -> list[int]:
+    """steps + 1 descending times ending at 0; which of {1..T} are visited depends on `spacing`.
+
+    trailing: T, T - T/steps, ..., T/steps (rounded), the grid that starts at T (Lin et al. 2024, Table 2);
+    leading:  1 + k * (T // steps) for k = steps-1 .. 0 (DDIM's original choice, diffusers' default);
+    linspace: steps values evenly spaced from T down to 1, rounded.
+    """
+    if spacing not in SPACINGS:
+        raise ConfigError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if not 1 <= steps <= T:
+        raise ConfigError(f"the number of sampling steps must be between 1 and T = {T}, got {steps}")
+    if spacing == "trailing":
+        times = torch.arange(T, 0, -T / steps, dtype=torch.float64).round()
+    elif spacing == "leading":
+        times = torch.arange(steps - 1, -1, -1, dtype=torch.float64) * (T // steps) + 1
+    else:
+        times = torch.linspace(T, 1, steps, dtype=torch.float64).round()
+    return [int(t) for t in times] + [0]
+
+
+def guided(model: Callable[..., torch.Tensor], cond: torch.Tensor | None, scale: float = 1.0):
+    """Classifier-free guidance (Ho & Salimans 2022) around a network: out = out_null + s (out_cond - out_null).
+
+    s = 1 is the plain conditional model and s = 0 the unconditional one (each costs one forward pass);
+    Ho & Salimans' guidance weight w is s - 1. Other s run conditional and null rows in one batched pass.
+    """
+    if cond is None or scale == 1.0:
+        return lambda x, t: model(x, t, cond)
+    null = null_like(cond)
+    if scale == 0.0:
+        return lambda x, t: model(x, t, null)
+    both = torch.cat([cond, null])
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out_cond, out_null = model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
+        return out_null + scale * (out_cond - out_null)
+
+    return model_fn
+
+
+def make_denoiser(
+    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    schedule: NoiseSchedule,
+    prediction: str,
+    *,
+    clip_x0: bool = True,
+) -> Denoiser:
+    """denoise(x_t, t) -> (x0, eps) from a network's output; with clip_x0, x0 is clipped to [-1, 1] and
+    eps recomputed from it so that both stay consistent with x_t (as in DDPM's sampler)."""
+
+    def denoise(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        output = model_fn(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
+        x0, eps = schedule.x0_eps(x, t, output.float(), prediction)
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+            eps = schedule.eps_from_x0(x, t, x0)
+        return x0, eps
+
+    return denoise
+
+
+def ddpm(
+    denoise: Denoiser,
+    schedule: NoiseSchedule,
+    x: torch.Tensor,
+    grid: list[int],
+    *,
+    variance: str = "posterior",
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Ancestral sampling (DDPM Algorithm 2): x_s ~ N(posterior mean(x_t, x0_hat), sigma^2 I).
+
+    sigma^2 is the posterior variance beta~ (variance="posterior") or beta_ts = 1 - a_bar_t / a_bar_s
+    (variance="beta"), the two choices of DDPM section 3.2; on a strided grid both span the jump t -> s.
+    """
+    if variance not in ("posterior", "beta"):
+        raise ConfigError(f"unknown DDPM variance {variance!r}; choose 'posterior' or 'beta'")
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
+        x0, _ = denoise(x, t)
+        mean, var = schedule.posterior(x, x0, t, s)
+        if variance == "beta":
+            var = 1 - schedule.alpha_bar[t] / schedule.alpha_bar[s]
+        x = mean
+        if s > 0:
+            x = x + var.sqrt() * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if callback is not None:
+            callback(i, t, x, x0)
+    return x
+
+
+def ddim(
+    denoise: Denoiser,
+    schedule: NoiseSchedule,
+    x: torch.Tensor,
+    grid: list[int],
+    *,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12): x_s = sqrt(a_bar_s) x0 + sqrt(1 - a_bar_s - sigma^2) eps + sigma z,
+    sigma = eta * sqrt(posterior variance) (eq. 16). eta = 0 is deterministic; eta = 1 is DDPM with beta~."""
+    if not eta >= 0:
+        raise ConfigError(f"eta must be a number >= 0, got {eta}")
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
+        x0, eps = denoise(x, t)
+        a_t, a_s = schedule.alpha_bar[t], schedule.alpha_bar[s]
+        sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).sqrt()
+        x = a_s.sqrt() * x0 + (1 - a_s - sigma**2).clamp(min=0).sqrt() * eps
+        if eta > 0 and s > 0:
+            x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if callback is not None:
+            callback(i, t, x, x0)
+    return x
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim}
+
+
+METHOD_PARAMS = {"ddpm": ("variance",), "ddim": ("eta",)}
+
+
+@torch.inference_mode()
+def sample(
+    model: Callable[..., torch.Tensor],
+    schedule: NoiseSchedule,
+    x_T: torch.Tensor,
+    *,
+    prediction: str,
+    cond: torch.Tensor | None = None,
+    sampler: str = "ddim",
+    steps: int = 50,
+    spacing: str = "trailing",
+    guidance: float = 1.0,
+    clip_x0: bool = True,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    **method_params,
+) -> torch.Tensor:
+    """Generate x_0 from x_T with a named sampler over a grid of `steps` steps; method_params go to the
+    sampler (eta for ddim, variance for ddpm)."""
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    params = {k: v for k, v in method_params.items() if k in METHOD_PARAMS[sampler]}
+    denoise = make_denoiser(guided(model, cond, guidance), schedule, prediction, clip_x0=clip_x0)
+    grid = timestep_grid(schedule.T, steps, spacing)
+    return SAMPLERS[sampler](denoise, schedule, x_T, grid, generator=generator, callback=callback, **params)

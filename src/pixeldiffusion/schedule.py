@@ -1,0 +1,149 @@
+"""Noise schedules and the closed-form forward process of DDPM (Ho et al. 2020).
+
+Conventions, stated once for the whole package:
+
+- ``beta[t]`` is the *variance* of the noise added at step t, ``alpha[t] = 1 - beta[t]`` and
+  ``alpha_bar[t] = alpha[1] * ... * alpha[t]``, as in the DDPM paper (seed 003's "betas" are
+  standard deviations; here they never are).
+- Time is discrete, ``t`` in {1, ..., T}. Every table has an entry for t = 0 as well, with
+  ``beta[0] = 0`` and ``alpha_bar[0] = 1``: x_0 is the clean image, so the last step of any
+  sampler (to t = 0) needs no special case. The network receives this same integer t.
+- ``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps`` with eps ~ N(0, I) (eq. 4).
+
+Tables are built in float64 and stored as float32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from pixeldiffusion.errors import ConfigError
+
+SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
+PREDICTIONS = ("eps", "x0", "v")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    kind: str = "linear"  # one of SCHEDULES
+    timesteps: int = 1000  # T, the number of forward steps
+    beta_start: float = 1e-4  # beta_1 for linear, quadratic and sigmoid schedules
+    beta_end: float = 0.02  # beta_T for linear, quadratic and sigmoid schedules
+    cosine_s: float = 0.008  # offset s of the cosine schedule (Nichol & Dhariwal 2021, eq. 17)
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.kind!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.timesteps < 2:
+            raise ConfigError(f"timesteps must be at least 2, got {self.timesteps}")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ConfigError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+
+
+def make_betas(config: ScheduleConfig) -> torch.Tensor:
+    """beta_1 ... beta_T in float64 for the chosen schedule kind (length T)."""
+    T, b0, b1 = config.timesteps, config.beta_start, config.beta_end
+    if config.kind == "linear":  # DDPM, section 4
+        return torch.linspace(b0, b1, T, dtype=torch.float64)
+    if config.kind == "quadratic":  # linear in sqrt(beta) (diffusers "scaled_linear")
+        return torch.linspace(b0**0.5, b1**0.5, T, dtype=torch.float64) ** 2
+    if config.kind == "sigmoid":  # sigmoid ramp from beta_start to beta_end (seed 002's bonus)
+        return torch.sigmoid(torch.linspace(-6, 6, T, dtype=torch.float64)) * (b1 - b0) + b0
+    # cosine: alpha_bar(t) = f(t) / f(0), f(t) = cos^2((t/T + s) / (1 + s) * pi / 2),
+    # beta_t = 1 - alpha_bar(t) / alpha_bar(t - 1) clipped at 0.999 (Nichol & Dhariwal 2021, eq. 17)
+    s = config.cosine_s
+    f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=0.999)
+
+
+def _at(table: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+    """table[t], shaped to broadcast against `like` (t is a scalar or one timestep per batch item)."""
+    value = table[t]
+    return value.reshape(value.shape + (1,) * (like.ndim - value.ndim)) if value.ndim else value
+
+
+class NoiseSchedule:
+    """The tables of one discrete schedule and the maths that only needs them.
+
+    ``beta``, ``alpha`` and ``alpha_bar`` have T + 1 entries indexed directly by t (see module docstring).
+    """
+
+    def __init__(self, betas: torch.Tensor, config: ScheduleConfig | None = None):
+        """A schedule from beta_1 ... beta_T; use `from_config` for the named kinds."""
+        self.config = config
+        self.T = len(betas)
+        beta = torch.cat([torch.zeros(1, dtype=torch.float64, device=betas.device), betas.double()])
+        self.beta = beta.float()
+        self.alpha = (1 - beta).float()
+        self.alpha_bar = torch.cumprod(1 - beta, dim=0).float()
+
+    @classmethod
+    def from_config(cls, config: ScheduleConfig = ScheduleConfig()) -> NoiseSchedule:
+        return cls(make_betas(config), config)
+
+    def to(self, device: torch.device | str) -> NoiseSchedule:
+        """The same schedule with its tables on `device`."""
+        other = NoiseSchedule.__new__(NoiseSchedule)
+        other.__dict__.update(self.__dict__)
+        other.beta, other.alpha, other.alpha_bar = (x.to(device) for x in (self.beta, self.alpha, self.alpha_bar))
+        return other
+
+    def snr(self, t: torch.Tensor | int) -> torch.Tensor:
+        """Signal-to-noise ratio SNR(t) = alpha_bar_t / (1 - alpha_bar_t) (Kingma et al. 2021)."""
+        a = self.alpha_bar[t]
+        return a / (1 - a)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
+        """x_t ~ q(x_t | x_0): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4)."""
+        a = _at(self.alpha_bar, t, x0)
+        return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+    def posterior(
+        self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor | int, s: torch.Tensor | int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of q(x_s | x_t, x_0) for any s < t (DDPM eqs. 6-7, with alpha_t -> a_bar_t / a_bar_s).
+
+        mean = sqrt(a_bar_s) beta_ts / (1 - a_bar_t) x_0 + sqrt(alpha_ts) (1 - a_bar_s) / (1 - a_bar_t) x_t
+        var  = (1 - a_bar_s) / (1 - a_bar_t) beta_ts,   alpha_ts = a_bar_t / a_bar_s,  beta_ts = 1 - alpha_ts
+        """
+        a_t, a_s = _at(self.alpha_bar, t, x_t), _at(self.alpha_bar, s, x_t)
+        alpha_ts = a_t / a_s
+        beta_ts = 1 - alpha_ts
+        mean = (a_s.sqrt() * beta_ts * x0 + alpha_ts.sqrt() * (1 - a_s) * x_t) / (1 - a_t)
+        return mean, (1 - a_s) / (1 - a_t) * beta_ts
+
+    # Conversions between what a network may predict (eps, x0 or v) and the clean image / noise.
+
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | int, prediction: str) -> torch.Tensor:
+        """Regression target; v = sqrt(a_bar) eps - sqrt(1 - a_bar) x0 (Salimans & Ho 2022)."""
+        if prediction == "eps":
+            return eps
+        if prediction == "x0":
+            return x0
+        a = _at(self.alpha_bar, t, x0)
+        return a.sqrt() * eps - (1 - a).sqrt() * x0
+
+    def x0_eps(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, output: torch.Tensor, prediction: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps) implied by a network output of the given prediction type at x_t, t.
+
+        eps: x0 = (x_t - sqrt(1 - a_bar) eps) / sqrt(a_bar);  x0: eps = (x_t - sqrt(a_bar) x0) / sqrt(1 - a_bar);
+        v:   x0 = sqrt(a_bar) x_t - sqrt(1 - a_bar) v,  eps = sqrt(1 - a_bar) x_t + sqrt(a_bar) v.
+        """
+        a = _at(self.alpha_bar, t, x_t)
+        if prediction == "eps":
+            return (x_t - (1 - a).sqrt() * output) / a.sqrt(), output
+        if prediction == "x0":
+            return output, self.eps_from_x0(x_t, t, output)
+        if prediction == "v":
+            return a.sqrt() * x_t - (1 - a).sqrt() * output, (1 - a).sqrt() * x_t + a.sqrt() * output
+        raise ConfigError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+
+    def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor) -> torch.Tensor:
+        """eps = (x_t - sqrt(a_bar_t) x0) / sqrt(1 - a_bar_t), the inverse of q_sample."""
+        a = _at(self.alpha_bar, t, x_t)
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
