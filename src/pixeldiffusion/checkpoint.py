@@ -3,7 +3,7 @@ configuration and training state. Loading never unpickles and never runs code fr
 
 - Writes are atomic: the bytes go to a temporary file in the same directory, are flushed and fsynced,
   then renamed over the final name, so a crash at any moment leaves the previous checkpoint intact.
-- Every file carries the SHA-256 of its tensors; a truncated, tampered or foreign file is refused.
+- Every file carries the SHA-256 of its tensors and metadata; a truncated, tampered or foreign file is refused.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}.safetensors"
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of all tensors, in name order."""
-    h = hashlib.sha256()
+def _digest(tensors: dict[str, torch.Tensor], meta: str) -> str:
+    """SHA-256 over the metadata and the names, dtypes, shapes and bytes of all tensors, in name order."""
+    h = hashlib.sha256(meta.encode())
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -68,7 +68,8 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     """Save tensors plus JSON-serialisable metadata atomically; returns the path."""
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    header = {"format": FORMAT, "sha256": _digest(tensors), "meta": json.dumps(meta)}
+    meta_json = json.dumps(meta)
+    header = {"format": FORMAT, "sha256": _digest(tensors, meta_json), "meta": meta_json}
     write_atomic(path, save_safetensors(tensors, metadata=header))
     return path
 
@@ -88,8 +89,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"{path} is not a valid safetensors file (truncated or corrupt?)") from e
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pixeldiffusion checkpoint")
-    if _digest(tensors) != header.get("sha256"):
-        raise CheckpointError(f"{path} is corrupt: its tensors do not match their recorded checksum")
+    if _digest(tensors, str(header.get("meta"))) != header.get("sha256"):
+        raise CheckpointError(f"{path} is corrupt: its content does not match its recorded checksum")
     try:
         meta = json.loads(header["meta"])
     except (KeyError, json.JSONDecodeError) as e:

@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from pixeldiffusion.errors import ConfigError, PixelDiffusionError
+from pixeldiffusion.models import PRESETS, UNet, preset
+from pixeldiffusion.models.embeddings import null_like
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("batch", [1, 3])
+def test_every_preset_runs_at_batch_one_and_an_odd_batch(name, batch):
+    if name == "cifar10" and batch == 3:
+        pytest.skip("one batch size is enough for the 36M-parameter preset")
+    c = preset(name)
+    model = UNet(c)
+    x = torch.randn(batch, c.in_channels, c.image_size, c.image_size)
+    cond = torch.rand(batch, c.context_dim) if c.context_dim else None
+    out = model(x, torch.randint(1, 1001, (batch,)), cond)
+    assert out.shape == x.shape
+
+
+def test_ddpm_cifar10_preset_has_the_papers_size():
+    n = sum(p.numel() for p in UNet(preset("cifar10")).parameters())
+    assert abs(n - 35.7e6) / 35.7e6 < 0.01
+
+
+@pytest.mark.parametrize("block", ["resnet", "convnext"])
+@pytest.mark.parametrize("injection", ["additive", "scale_shift"])
+def test_block_and_injection_variants(block, injection):
+    c = preset("digits", base_channels=8, norm_groups=4, attention_heads=2, block=block, injection=injection,
+               linear_attention_resolutions=(8,), dropout=0.1)
+    out = UNet(c)(torch.randn(2, 1, 16, 16), torch.tensor([1, 999]))
+    assert out.shape == (2, 1, 16, 16)
+
+
+def test_output_is_zero_at_initialisation():
+    """Zero-initialised output convolution: an untrained network predicts 0."""
+    model = UNet(preset("digits", base_channels=8, norm_groups=4, attention_heads=1))
+    assert torch.count_nonzero(model(torch.randn(2, 1, 16, 16), torch.tensor([3, 4]))) == 0
+
+
+def test_image_size_must_divide_by_the_downsampling():
+    with pytest.raises(ConfigError, match="not divisible by 4"):
+        preset("digits", image_size=18)
+    model = UNet(preset("digits", base_channels=8, norm_groups=4, attention_heads=1))
+    with pytest.raises(PixelDiffusionError, match=r"shape \(1, 16, 16\)"):
+        model(torch.randn(1, 1, 32, 32), torch.tensor([1]))
+
+
+def test_class_and_context_conditioning_use_a_learned_null():
+    torch.manual_seed(0)
+    for kw, cond in (({"num_classes": 10}, torch.tensor([3, 3])), ({"context_dim": 5}, torch.rand(2, 5))):
+        model = UNet(preset("digits", base_channels=8, norm_groups=4, attention_heads=1, **kw))
+        t = torch.tensor([10, 10])
+        emb, emb_null = model.embed(t, cond), model.embed(t, null_like(cond))
+        assert torch.isfinite(emb_null).all() and not torch.allclose(emb, emb_null)
+        with pytest.raises(PixelDiffusionError, match="pass a condition"):
+            model(torch.randn(2, 1, 16, 16), t)
+
+
+def test_unconditional_model_ignores_no_condition():
+    model = UNet(preset("digits", base_channels=8, norm_groups=4, attention_heads=1))
+    assert model.class_embedding is None and model.context_embedding is None
