@@ -404,6 +404,8 @@ def train(
 
     trainer = Trainer(config, run_dir, model=model, resume=resume, callbacks=callbacks)
     final = trainer.run()
+    if dist.is_initialized():
+        dist.destroy_process_group()
     if not trainer.process.is_main:
         return None
     pipe = Pipeline(

@@ -1,0 +1,67 @@
+"""Multi-process training with torchrun (gloo on CPU) equals single-process training with the same global batch."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pixeldiffusion.checkpoint import latest_checkpoint, load_checkpoint
+
+TINY = ["--base-channels", "8", "--norm-groups", "4", "--attention-heads", "1", "--batch-size", "16",
+        "--log-every", "1", "--precision", "fp32", "--sample-steps", "2", "--warmup-steps", "2",
+        "--checkpoint-every", "2"]
+
+
+def launch(processes: int, *args: str) -> None:
+    if processes == 1:
+        command = [sys.executable, "-m", "pixeldiffusion", "train", *args, *TINY]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                   "-m", "pixeldiffusion", "train", *args, *TINY]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def final_state(run_dir):
+    return load_checkpoint(latest_checkpoint(run_dir))
+
+
+def assert_same_training(a, b):
+    (ta, ma), (tb, mb) = final_state(a), final_state(b)
+    assert ma["step"] == mb["step"]
+    for name in ta:
+        assert torch.allclose(ta[name].float(), tb[name].float(), atol=1e-5, rtol=1e-4), name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    launch(1, "--out", str(root / "single"), "--max-steps", "4")
+    launch(2, "--out", str(root / "two"), "--max-steps", "4")
+    return root
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(runs):
+    assert_same_training(runs / "single", runs / "two")
+
+
+def test_only_the_main_process_writes(runs):
+    files = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*"))  # noqa: E731
+    assert files(runs / "two") == files(runs / "single")
+    lines = (runs / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4, "one metrics line per logged step, not one per process"
+
+
+def test_a_two_process_run_resumes_on_two_or_one_processes(runs, tmp_path):
+    import shutil
+
+    for processes in (2, 1):
+        copy = tmp_path / f"resume{processes}"
+        shutil.copytree(runs / "two", copy)
+        launch(processes, "--resume", str(copy), "--max-steps", "6")
+        # the same extension of the single-process run (extending max_steps changes the lr schedule from step 4)
+        single = tmp_path / f"single{processes}"
+        shutil.copytree(runs / "single", single)
+        launch(1, "--resume", str(single), "--max-steps", "6")
+        assert_same_training(copy, single)
