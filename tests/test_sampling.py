@@ -5,7 +5,7 @@ import torch
 
 from pixeldiffusion.errors import ConfigError
 from pixeldiffusion.models.embeddings import null_like
-from pixeldiffusion.sampling import ddim, ddpm, guided, make_denoiser, sample, timestep_grid
+from pixeldiffusion.sampling import SAMPLERS, ddim, ddpm, guided, make_denoiser, nfe, sample, timestep_grid
 from pixeldiffusion.schedule import NoiseSchedule, ScheduleConfig
 
 diffusers = pytest.importorskip("diffusers")
@@ -23,13 +23,19 @@ def fake_model(x, t, cond=None):
     return 0.3 * torch.sin(3 * x + t[:, None, None, None] / 100) + 0.1 * x
 
 
+COSINE = NoiseSchedule.from_config(ScheduleConfig(kind="cosine", timesteps=1000))
+LINEAR = NoiseSchedule.from_config(ScheduleConfig(kind="linear", timesteps=1000))
+PREDICTION_TYPE = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+
+
 def test_grids_start_at_T_and_end_at_zero():
-    assert timestep_grid(1000, 10, "trailing") == [1000, 900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
-    assert timestep_grid(1000, 10, "leading") == [901, 801, 701, 601, 501, 401, 301, 201, 101, 1, 0]
-    assert timestep_grid(1000, 4, "linspace") == [1000, 667, 334, 1, 0]
-    assert timestep_grid(50, 50, "trailing") == list(range(50, -1, -1))
+    assert timestep_grid(LINEAR, 10, "trailing") == [1000, 900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    assert timestep_grid(LINEAR, 10, "leading") == [901, 801, 701, 601, 501, 401, 301, 201, 101, 1, 0]
+    assert timestep_grid(LINEAR, 4, "linspace") == [1000, 667, 334, 1, 0]
+    short = NoiseSchedule.from_config(ScheduleConfig(timesteps=50))
+    assert timestep_grid(short, 50, "trailing") == list(range(50, -1, -1))
     with pytest.raises(ConfigError, match="between 1 and T"):
-        timestep_grid(1000, 1001)
+        timestep_grid(LINEAR, 1001)
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -37,12 +43,45 @@ def test_grids_start_at_T_and_end_at_zero():
 def test_grids_equal_diffusers_timesteps_plus_one(spacing, steps):
     sched = diffusers.DDPMScheduler(num_train_timesteps=1000, timestep_spacing=spacing)
     sched.set_timesteps(steps)
-    assert timestep_grid(1000, steps, spacing)[:-1] == [int(t) + 1 for t in sched.timesteps]
+    assert timestep_grid(LINEAR, steps, spacing)[:-1] == [int(t) + 1 for t in sched.timesteps]
+
+
+@pytest.mark.parametrize("schedule", [LINEAR, COSINE])
+@pytest.mark.parametrize("steps", [1, 2, 5, 10, 50, 200, 1000])
+def test_karras_grid_descends_from_T_to_one_and_follows_the_sigma_ramp(schedule, steps):
+    grid = timestep_grid(schedule, steps, "karras")
+    assert len(grid) == steps + 1 and grid[0] == schedule.T and grid[-2:] == [1, 0] or steps == 1
+    assert all(a > b for a, b in zip(grid, grid[1:])), "strictly descending"
+    if steps == 10:  # where no times collide, each is the one nearest the wanted sigma (diffusers' rounding)
+        sched = diffusers.DPMSolverMultistepScheduler(
+            num_train_timesteps=1000, beta_schedule="linear", use_karras_sigmas=True
+        )
+        if schedule is LINEAR:
+            sched.set_timesteps(steps)
+            assert grid[:-1] == [int(t) + 1 for t in sched.timesteps]
+
+
+def float64_twin(sched, schedule: NoiseSchedule):
+    """The diffusers scheduler with its tables replaced by ours in float64, so both compute in float64."""
+    sched.betas = schedule.beta[1:].clone()
+    sched.alphas = schedule.alpha[1:].clone()
+    sched.alphas_cumprod = schedule.alpha_bar[1:].clone()
+    sched.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
+    sched.one = torch.tensor(1.0, dtype=torch.float64)
+    return sched
 
 
 def ours_one_step(sampler, schedule, x, t, s, prediction, clip, **kw):
     denoise = make_denoiser(fake_model, schedule, prediction, clip_x0=clip)
     return sampler(denoise, schedule, x, [t, s], generator=torch.Generator().manual_seed(0), **kw)
+
+
+@pytest.mark.parametrize("kind", list(DIFFUSERS_SCHEDULE))
+def test_tables_equal_diffusers_to_float32_precision(kind):
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=DIFFUSERS_SCHEDULE[kind])
+    ours = NoiseSchedule.from_config(ScheduleConfig(kind=kind, timesteps=1000))
+    assert torch.allclose(ours.beta[1:].float(), sched.betas, rtol=1e-6, atol=1e-9)
+    assert torch.allclose(ours.alpha_bar[1:].float(), sched.alphas_cumprod, rtol=2e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("kind", list(DIFFUSERS_SCHEDULE))
@@ -54,21 +93,24 @@ def test_one_ddpm_step_equals_diffusers(kind, prediction, variance, spacing, ste
         num_train_timesteps=1000,
         beta_schedule=DIFFUSERS_SCHEDULE[kind],
         timestep_spacing=spacing,
-        prediction_type={"eps": "epsilon", "x0": "sample", "v": "v_prediction"}[prediction],
+        prediction_type=PREDICTION_TYPE[prediction],
         variance_type={"posterior": "fixed_small", "beta": "fixed_large"}[variance],
         clip_sample=True,
     )
     sched.set_timesteps(steps)
     ours = NoiseSchedule.from_config(ScheduleConfig(kind=kind, timesteps=1000))
-    assert torch.allclose(ours.alpha_bar[1:], sched.alphas_cumprod, rtol=1e-6)
-    x = torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(2))
-    grid = timestep_grid(1000, steps, spacing)
-    for i in (0, len(grid) // 2, len(grid) - 3):  # early, middle and late steps (each adds noise)
+    float64_twin(sched, ours)
+    x = torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    grid = timestep_grid(ours, steps, spacing)
+    # early, middle and late steps, and the last one: there diffusers adds noise of variance beta_ts whenever its
+    # t > 0 (DDPM adds none on the step to x_0), so with variance="beta" on a strided grid the two differ by design
+    last = [len(grid) - 2] if variance == "posterior" or steps == 1000 else []
+    for i in (0, len(grid) // 2, len(grid) - 3, *last):
         t, s = grid[i], grid[i + 1]
         t_d = torch.tensor(t - 1)
         expected = sched.step(fake_model(x, t_d.expand(3) + 1), t_d, x, generator=torch.Generator().manual_seed(0))
         got = ours_one_step(ddpm, ours, x, t, s, prediction, True, variance=variance)
-        assert torch.allclose(got, expected.prev_sample, atol=1e-5), (t, s)
+        assert torch.allclose(got, expected.prev_sample, rtol=0, atol=1e-9), (t, s)
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
@@ -81,14 +123,15 @@ def test_one_ddim_step_equals_diffusers(kind, prediction, eta, spacing, steps, c
         num_train_timesteps=1000,
         beta_schedule=DIFFUSERS_SCHEDULE[kind],
         timestep_spacing=spacing,
-        prediction_type={"eps": "epsilon", "x0": "sample", "v": "v_prediction"}[prediction],
+        prediction_type=PREDICTION_TYPE[prediction],
         clip_sample=clip,
         set_alpha_to_one=True,
     )
     sched.set_timesteps(steps)
     ours = NoiseSchedule.from_config(ScheduleConfig(kind=kind, timesteps=1000))
-    x = torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(3))
-    grid = timestep_grid(1000, steps, spacing)
+    float64_twin(sched, ours)
+    x = torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grid = timestep_grid(ours, steps, spacing)
     for i in (0, len(grid) // 2, len(grid) - 2):
         t, s = grid[i], grid[i + 1]
         t_d = torch.tensor(t - 1)
@@ -101,7 +144,96 @@ def test_one_ddim_step_equals_diffusers(kind, prediction, eta, spacing, steps, c
             generator=torch.Generator().manual_seed(0),
         )
         got = ours_one_step(ddim, ours, x, t, s, prediction, clip, eta=eta)
-        assert torch.allclose(got, expected.prev_sample, atol=1e-5), (t, s)
+        assert torch.allclose(got, expected.prev_sample, rtol=0, atol=1e-9), (t, s)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("spacing,steps", [("trailing", 5), ("trailing", 20), ("karras", 10), ("linspace", 50)])
+def test_dpmpp_2m_loop_equals_diffusers(kind, prediction, spacing, steps):
+    """A whole DPM-Solver++(2M) loop against diffusers' multistep solver on the same grid (diffusers computes
+    in float32 whatever its input, so the tolerance is float32's)."""
+    ours = NoiseSchedule.from_config(ScheduleConfig(kind=kind, timesteps=1000))
+    grid = timestep_grid(ours, steps, spacing)
+    sched = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        beta_schedule=DIFFUSERS_SCHEDULE[kind],
+        prediction_type=PREDICTION_TYPE[prediction],
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        lower_order_final=False,
+        final_sigmas_type="zero",
+    )
+    float64_twin(sched, ours)  # the same tables (its step still computes in float32)
+    sched.alpha_t, sched.sigma_t = ours.alpha_bar[1:].sqrt(), (1 - ours.alpha_bar[1:]).sqrt()
+    sched.lambda_t = ours.half_log_snr(torch.arange(1, 1001))
+    sched.set_timesteps(timesteps=[t - 1 for t in grid[:-1]])
+    model = gaussian_data_oracle(ours, 0.3, 0.5, prediction)  # a model whose x0 stays in range, unlike fake_model's
+    x_T = torch.randn(2, 1, 5, 5, generator=torch.Generator().manual_seed(4))
+    x = x_T
+    for t_d in sched.timesteps:
+        x = sched.step(model(x, t_d.expand(2) + 1), t_d, x).prev_sample
+    got = sample(model, ours, x_T, prediction=prediction, sampler="dpmpp_2m", steps=steps, spacing=spacing,
+                 clip_x0=False)
+    assert torch.allclose(got, x, atol=2e-5)
+
+
+def gaussian_data_oracle(schedule: NoiseSchedule, mu: float, s: float, prediction: str):
+    """The exact network for data x0 ~ N(mu, s^2 I): E[x0 | x_t] = mu + sqrt(a) s^2 / (a s^2 + 1 - a) (x_t - sqrt(a) mu),
+    returned as the given prediction type."""
+
+    def model(x, t, cond=None):
+        a = schedule.alpha_bar[t].to(x.dtype).reshape(-1, 1, 1, 1)
+        x0 = mu + a.sqrt() * s**2 / (a * s**2 + 1 - a) * (x - a.sqrt() * mu)
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        return {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
+
+    return model
+
+
+def ode_solution(schedule: NoiseSchedule, x_T: torch.Tensor, mu: float, s: float) -> torch.Tensor:
+    """The probability-flow ODE's x_0 from x_T for Gaussian data: in y = x / sqrt(a_bar), sigma^2 = (1 - a) / a,
+    dy/dsigma = sigma (y - mu) / (s^2 + sigma^2), so y - mu grows as sqrt(s^2 + sigma^2)."""
+    a = schedule.alpha_bar[schedule.T].to(x_T.dtype)
+    y_T, sigma2 = x_T / a.sqrt(), (1 - a) / a
+    return mu + (y_T - mu) * s / (s**2 + sigma2).sqrt()
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_ode_solvers_converge_to_the_exact_solution_at_their_order(prediction):
+    """Deterministic DDIM (Euler, first order), Heun and DPM-Solver++(2M) (second order) on Gaussian data, whose
+    ODE solution is known, over Karras grids (which end at t = 1, so the last first-order jump to 0 is tiny)."""
+    mu, s = 0.3, 0.5
+    x_T = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = ode_solution(LINEAR, x_T, mu, s)
+    model = gaussian_data_oracle(LINEAR, mu, s, prediction)
+
+    def error(sampler, steps):
+        got = sample(model, LINEAR, x_T, prediction=prediction, sampler=sampler, steps=steps, spacing="karras",
+                     clip_x0=False)
+        return float((got - exact).abs().max())
+
+    for sampler in ("ddim", "heun", "dpmpp_2m"):
+        errors = {steps: error(sampler, steps) for steps in (10, 20, 40, 100, 500)}
+        assert all(b < a for a, b in zip(errors.values(), list(errors.values())[1:])), (sampler, errors)
+        ratio = errors[100] / errors[20]  # 5x the steps: error / 5 at first order, / 25 at second
+        if sampler == "ddim":
+            assert 0.1 < ratio < 0.4, (sampler, errors)
+        else:
+            assert ratio < 0.06 and errors[500] < 1e-3, (sampler, errors)
+
+
+def test_nfe_counts_network_calls():
+    calls = []
+
+    def model(x, t, cond=None):
+        calls.append(1)
+        return torch.zeros_like(x)
+
+    for sampler in SAMPLERS:
+        calls.clear()
+        sample(model, COSINE, torch.zeros(1, 1, 2, 2), prediction="eps", sampler=sampler, steps=7)
+        assert len(calls) == nfe(sampler, 7), sampler
 
 
 @pytest.mark.parametrize(
@@ -115,14 +247,15 @@ def test_full_loops_equal_diffusers(sampler, variance, eta, spacing, steps):
         num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", timestep_spacing=spacing, clip_sample=True
     )
     sched.set_timesteps(steps)
-    x_T = torch.randn(2, 1, 5, 5, generator=torch.Generator().manual_seed(4))
+    ours = NoiseSchedule.from_config(ScheduleConfig(kind="cosine", timesteps=1000))
+    float64_twin(sched, ours)
+    x_T = torch.randn(2, 1, 5, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     g = torch.Generator().manual_seed(5)
     x = x_T
     for t_d in sched.timesteps:
         kw = {} if sampler == "ddpm" else {"eta": eta, "use_clipped_model_output": True}
         x = sched.step(fake_model(x, t_d.expand(2) + 1), t_d, x, generator=g, **kw).prev_sample
         # diffusers draws noise on the last DDPM step too (scaled by zero variance); ours does not
-    ours = NoiseSchedule.from_config(ScheduleConfig(kind="cosine", timesteps=1000))
     params = {"variance": variance} if sampler == "ddpm" else {"eta": eta}
     got = sample(
         fake_model,
@@ -135,7 +268,7 @@ def test_full_loops_equal_diffusers(sampler, variance, eta, spacing, steps):
         generator=torch.Generator().manual_seed(5),
         **params,
     )
-    assert torch.allclose(got, x, atol=1e-4)
+    assert torch.allclose(got, x, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("steps", [1, 5, 100])
@@ -143,11 +276,11 @@ def test_ddim_with_an_exact_eps_oracle_returns_x0(steps):
     """If the network knows the true noise, deterministic DDIM recovers x0 from any x_t in any number of steps."""
     schedule = NoiseSchedule.from_config(ScheduleConfig(kind="cosine", timesteps=1000))
     g = torch.Generator().manual_seed(0)
-    x0, eps = torch.rand(4, 1, 3, 3, generator=g) * 2 - 1, torch.randn(4, 1, 3, 3, generator=g)
-    x_T = schedule.q_sample(x0, 1000, eps)
+    x0 = torch.rand(4, 1, 3, 3, generator=g, dtype=torch.float64) * 2 - 1
+    x_T = schedule.q_sample(x0, 1000, torch.randn(4, 1, 3, 3, generator=g, dtype=torch.float64))
     oracle = lambda x, t, cond=None: schedule.eps_from_x0(x, t[0].item(), x0)  # noqa: E731
     got = sample(oracle, schedule, x_T, prediction="eps", steps=steps, clip_x0=False)
-    assert torch.allclose(got, x0, atol=1e-4)
+    assert torch.allclose(got, x0, rtol=0, atol=1e-9)
 
 
 def test_sampling_is_reproducible_for_a_seed():

@@ -65,5 +65,5 @@ def denoising_loss(
     output = model(x_t, t, cond)
     per_image = elementwise_loss(output.float(), schedule.target(x0, eps, t, prediction), loss)
     if weighting == "min_snr":
-        per_image = per_image * min_snr_weight(schedule.snr(t), prediction, min_snr_gamma)
+        per_image = per_image * min_snr_weight(schedule.snr(t).float(), prediction, min_snr_gamma)
     return per_image

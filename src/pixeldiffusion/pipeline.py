@@ -180,7 +180,7 @@ class Pipeline:
             nrow = per_class
             row_labels = list(self.class_names) or [str(c) for c in range(classes)]
         cond = self.conditions(cfg.n, labels, context)
-        grid = timestep_grid(self.schedule.T, cfg.steps, cfg.spacing)
+        grid = timestep_grid(self.schedule, cfg.steps, cfg.spacing)
         keep = {round(i * (len(grid) - 2) / max(record - 1, 1)) for i in range(record)} if record else set()
         frames: list = []
 

@@ -8,6 +8,11 @@ Every sampler has the signature ``sampler(denoise, schedule, x_T, grid, *, gener
   it in consecutive pairs (t, s), never deriving the previous step by subtracting a stride.
 - ``callback(i, t, x_t, x0)``, if given, sees every intermediate: step index, the time just left,
   the new sample and the prediction of x0 it came from.
+
+The deterministic samplers solve the probability-flow ODE. In the coordinates y = x / sqrt(a_bar) and
+sigma = sqrt((1 - a_bar) / a_bar) it reads dy/dsigma = eps(x, t) (Karras et al. 2022, eq. 4 with
+s(t) = sqrt(a_bar)): DDIM with eta = 0 is its Euler method, `heun` its trapezoidal method, and `dpmpp_2m`
+a second-order exponential integrator in lambda = log(1 / sigma).
 """
 
 from __future__ import annotations
@@ -20,18 +25,23 @@ from pixeldiffusion.errors import ConfigError
 from pixeldiffusion.models.embeddings import null_like
 from pixeldiffusion.schedule import NoiseSchedule
 
-SPACINGS = ("trailing", "leading", "linspace")
+SPACINGS = ("trailing", "leading", "linspace", "karras")
+KARRAS_RHO = 7.0  # the exponent of Karras et al.'s sigma grid (their eq. 5)
 Denoiser = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
-def timestep_grid(T: int, steps: int, spacing: str = "trailing") -> list[int]:
+def timestep_grid(schedule: NoiseSchedule, steps: int, spacing: str = "trailing") -> list[int]:
     """steps + 1 descending times ending at 0; which of {1..T} are visited depends on `spacing`.
 
     trailing: T, T - T/steps, ..., T/steps (rounded), the grid that starts at T (Lin et al. 2024, Table 2);
     leading:  1 + k * (T // steps) for k = steps-1 .. 0 (DDIM's original choice, diffusers' default);
-    linspace: steps values evenly spaced from T down to 1, rounded.
+    linspace: steps values evenly spaced from T down to 1, rounded half to even as 1 + round(linspace(0, T - 1));
+    karras:   the times nearest (in log sigma) to sigma_i = (sigma_max^(1/rho) + i / (steps - 1)
+              (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, rho = 7, from sigma(T) to sigma(1) (EDM eq. 5),
+              moved apart by the least where rounding would visit a time twice.
     """
+    T = schedule.T
     if spacing not in SPACINGS:
         raise ConfigError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     if not 1 <= steps <= T:
@@ -40,9 +50,30 @@ def timestep_grid(T: int, steps: int, spacing: str = "trailing") -> list[int]:
         times = torch.arange(T, 0, -T / steps, dtype=torch.float64).round()
     elif spacing == "leading":
         times = torch.arange(steps - 1, -1, -1, dtype=torch.float64) * (T // steps) + 1
+    elif spacing == "linspace":
+        times = (torch.linspace(0, T - 1, steps, dtype=torch.float64).round() + 1).flip(0)
     else:
-        times = torch.linspace(T, 1, steps, dtype=torch.float64).round()
+        times = _karras_times(schedule, steps)
     return [int(t) for t in times] + [0]
+
+
+def _karras_times(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
+    """Karras et al.'s sigma grid mapped to the nearest integer times, strictly descending from T to 1."""
+    log_sigma = -schedule.half_log_snr(torch.arange(1, schedule.T + 1)).cpu()  # increasing in t = 1..T
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    low, high = log_sigma[0].exp() ** (1 / KARRAS_RHO), log_sigma[-1].exp() ** (1 / KARRAS_RHO)
+    wanted = ((high + ramp * (low - high)) ** KARRAS_RHO).log()
+    index = torch.searchsorted(log_sigma, wanted).clamp(1, len(log_sigma) - 1)  # log_sigma[index-1] < wanted
+    below, above = log_sigma[index - 1], log_sigma[index]
+    times = (index + (wanted - below) / (above - below)).round().clamp(1, schedule.T)  # t of index is index + 1
+    times = [int(t) for t in times]
+    times[0] = schedule.T
+    for i in range(1, len(times)):  # where rounding made neighbours collide: step down from the top...
+        times[i] = min(times[i], times[i - 1] - 1)
+    times[-1] = max(times[-1], 1)
+    for i in range(len(times) - 2, -1, -1):  # ...and back up from t = 1, which stays within T since steps <= T
+        times[i] = max(times[i], times[i + 1] + 1)
+    return torch.tensor(times, dtype=torch.float64)
 
 
 def guided(model: Callable[..., torch.Tensor], cond: torch.Tensor | None, scale: float = 1.0):
@@ -77,13 +108,17 @@ def make_denoiser(
 
     def denoise(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         output = model_fn(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
-        x0, eps = schedule.x0_eps(x, t, output.float(), prediction)
+        x0, eps = schedule.x0_eps(x, t, output.to(x.dtype), prediction)
         if clip_x0:
             x0 = x0.clamp(-1, 1)
             eps = schedule.eps_from_x0(x, t, x0)
         return x0, eps
 
     return denoise
+
+
+def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def ddpm(
@@ -110,7 +145,7 @@ def ddpm(
             var = 1 - schedule.alpha_bar[t] / schedule.alpha_bar[s]
         x = mean
         if s > 0:
-            x = x + var.sqrt() * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + var.sqrt().to(x.dtype) * _noise(x, generator)
         if callback is not None:
             callback(i, t, x, x0)
     return x
@@ -136,16 +171,86 @@ def ddim(
         sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).sqrt()
         x = a_s.sqrt() * x0 + (1 - a_s - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0 and s > 0:
-            x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + sigma * _noise(x, generator)
         if callback is not None:
             callback(i, t, x, x0)
     return x
 
 
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim}
+def dpmpp_2m(
+    denoise: Denoiser,
+    schedule: NoiseSchedule,
+    x: torch.Tensor,
+    grid: list[int],
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), a multistep exponential integrator on x0 predictions:
+
+    x_s = (sigma_s / sigma_t) x_t - alpha_s (e^(-h) - 1) D,   h = lambda_s - lambda_t,   lambda = log(alpha / sigma),
+    D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev with r = h_prev / h; D = x0_t on the first step and on the last,
+    which lands on sigma = 0 where x_0 = D. Here alpha = sqrt(a_bar) and sigma = sqrt(1 - a_bar). One network
+    evaluation per step. `generator` is unused (the solver is deterministic).
+    """
+    x0_prev, h_prev = None, None
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
+        x0, _ = denoise(x, t)
+        if s == 0:
+            x = x0
+        else:
+            lambda_t, lambda_s = schedule.half_log_snr(t), schedule.half_log_snr(s)
+            h = lambda_s - lambda_t
+            d = x0
+            if x0_prev is not None:
+                r = h_prev / h
+                d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
+            sigma_t, sigma_s = (1 - schedule.alpha_bar[t]).sqrt(), (1 - schedule.alpha_bar[s]).sqrt()
+            x = sigma_s / sigma_t * x - schedule.alpha_bar[s].sqrt() * torch.expm1(-h) * d
+            x0_prev, h_prev = x0, h
+        if callback is not None:
+            callback(i, t, x, x0)
+    return x
 
 
-METHOD_PARAMS = {"ddpm": ("variance",), "ddim": ("eta",)}
+def heun(
+    denoise: Denoiser,
+    schedule: NoiseSchedule,
+    x: torch.Tensor,
+    grid: list[int],
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1, deterministic):
+
+    Euler:  y' = y_t + (sigma_s - sigma_t) eps(x_t, t)                   with y = x / sqrt(a_bar)
+    Heun:   y_s = y_t + (sigma_s - sigma_t) (eps(x_t, t) + eps(x', s)) / 2,  x' = sqrt(a_bar_s) y'
+    The last step, to sigma = 0, is Euler alone. 2 * steps - 1 network evaluations (see `nfe`).
+    `generator` is unused (the solver is deterministic).
+    """
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
+        x0, eps = denoise(x, t)
+        a_t, a_s = schedule.alpha_bar[t], schedule.alpha_bar[s]
+        sigma_t, sigma_s = ((1 - a_t) / a_t).sqrt(), ((1 - a_s) / a_s).sqrt()
+        y = x / a_t.sqrt()
+        y_next = y + (sigma_s - sigma_t) * eps
+        if s > 0:
+            _, eps_next = denoise(a_s.sqrt() * y_next, s)
+            y_next = y + (sigma_s - sigma_t) * (eps + eps_next) / 2
+        x = a_s.sqrt() * y_next
+        if callback is not None:
+            callback(i, t, x, x0)
+    return x
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "heun": heun}
+METHOD_PARAMS = {"ddpm": ("variance",), "ddim": ("eta",), "dpmpp_2m": (), "heun": ()}
+
+
+def nfe(sampler: str, steps: int) -> int:
+    """Network evaluations of a sampler over `steps` grid steps (guidance's batched pass counts once)."""
+    return 2 * steps - 1 if sampler == "heun" else steps
 
 
 @torch.inference_mode()
@@ -166,10 +271,10 @@ def sample(
     **method_params,
 ) -> torch.Tensor:
     """Generate x_0 from x_T with a named sampler over a grid of `steps` steps; method_params go to the
-    sampler (eta for ddim, variance for ddpm)."""
+    samplers that take them (eta for ddim, variance for ddpm) and are ignored by the others."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     params = {k: v for k, v in method_params.items() if k in METHOD_PARAMS[sampler]}
     denoise = make_denoiser(guided(model, cond, guidance), schedule, prediction, clip_x0=clip_x0)
-    grid = timestep_grid(schedule.T, steps, spacing)
+    grid = timestep_grid(schedule, steps, spacing)
     return SAMPLERS[sampler](denoise, schedule, x_T, grid, generator=generator, callback=callback, **params)

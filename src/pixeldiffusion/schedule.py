@@ -10,7 +10,9 @@ Conventions, stated once for the whole package:
   sampler (to t = 0) needs no special case. The network receives this same integer t.
 - ``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps`` with eps ~ N(0, I) (eq. 4).
 
-Tables are built in float64 and stored as float32.
+Tables are built and kept in float64; a value read from them takes the dtype of the tensor it scales.
+float64 matters at small t, where 1 - alpha_bar_t / alpha_bar_s cancels: in float32 the last DDPM step's
+beta carries a relative error of about 5e-4 (diffusers computes it so).
 """
 
 from __future__ import annotations
@@ -59,10 +61,14 @@ def make_betas(config: ScheduleConfig) -> torch.Tensor:
     return (1 - f[1:] / f[:-1]).clamp(max=0.999)
 
 
+def _like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A float64 value per batch item (B,) or a scalar, shaped to broadcast against `like` and in its dtype."""
+    return value.reshape(value.shape + (1,) * (like.ndim - value.ndim)).to(like.dtype)
+
+
 def _at(table: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
     """table[t], shaped to broadcast against `like` (t is a scalar or one timestep per batch item)."""
-    value = table[t]
-    return value.reshape(value.shape + (1,) * (like.ndim - value.ndim)) if value.ndim else value
+    return _like(table[t], like)
 
 
 class NoiseSchedule:
@@ -75,26 +81,34 @@ class NoiseSchedule:
         """A schedule from beta_1 ... beta_T; use `from_config` for the named kinds."""
         self.config = config
         self.T = len(betas)
-        beta = torch.cat([torch.zeros(1, dtype=torch.float64, device=betas.device), betas.double()])
-        self.beta = beta.float()
-        self.alpha = (1 - beta).float()
-        self.alpha_bar = torch.cumprod(1 - beta, dim=0).float()
+        self.beta = torch.cat([torch.zeros(1, dtype=torch.float64, device=betas.device), betas.double()])
+        self.alpha = 1 - self.beta
+        self.alpha_bar = torch.cumprod(self.alpha, dim=0)
 
     @classmethod
     def from_config(cls, config: ScheduleConfig = ScheduleConfig()) -> NoiseSchedule:
         return cls(make_betas(config), config)
 
     def to(self, device: torch.device | str) -> NoiseSchedule:
-        """The same schedule with its tables on `device`."""
+        """The same schedule with its tables on `device` (in float32 on Apple's MPS, which has no float64)."""
+        device = torch.device(device)
+        dtype = torch.float32 if device.type == "mps" else torch.float64
         other = NoiseSchedule.__new__(NoiseSchedule)
         other.__dict__.update(self.__dict__)
-        other.beta, other.alpha, other.alpha_bar = (x.to(device) for x in (self.beta, self.alpha, self.alpha_bar))
+        other.beta, other.alpha, other.alpha_bar = (
+            x.to(device, dtype) for x in (self.beta, self.alpha, self.alpha_bar)
+        )
         return other
 
     def snr(self, t: torch.Tensor | int) -> torch.Tensor:
         """Signal-to-noise ratio SNR(t) = alpha_bar_t / (1 - alpha_bar_t) (Kingma et al. 2021)."""
         a = self.alpha_bar[t]
         return a / (1 - a)
+
+    def half_log_snr(self, t: torch.Tensor | int) -> torch.Tensor:
+        """lambda_t = log(alpha_t / sigma_t) = log(sqrt(alpha_bar_t) / sqrt(1 - alpha_bar_t)) (DPM-Solver's lambda)."""
+        a = self.alpha_bar[t]
+        return 0.5 * (a.log() - torch.log1p(-a))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
         """x_t ~ q(x_t | x_0): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4)."""
@@ -109,11 +123,12 @@ class NoiseSchedule:
         mean = sqrt(a_bar_s) beta_ts / (1 - a_bar_t) x_0 + sqrt(alpha_ts) (1 - a_bar_s) / (1 - a_bar_t) x_t
         var  = (1 - a_bar_s) / (1 - a_bar_t) beta_ts,   alpha_ts = a_bar_t / a_bar_s,  beta_ts = 1 - alpha_ts
         """
-        a_t, a_s = _at(self.alpha_bar, t, x_t), _at(self.alpha_bar, s, x_t)
+        a_t, a_s = self.alpha_bar[t], self.alpha_bar[s]
         alpha_ts = a_t / a_s
         beta_ts = 1 - alpha_ts
-        mean = (a_s.sqrt() * beta_ts * x0 + alpha_ts.sqrt() * (1 - a_s) * x_t) / (1 - a_t)
-        return mean, (1 - a_s) / (1 - a_t) * beta_ts
+        coef_x0 = _like(a_s.sqrt() * beta_ts / (1 - a_t), x_t)
+        coef_x_t = _like(alpha_ts.sqrt() * (1 - a_s) / (1 - a_t), x_t)
+        return coef_x0 * x0 + coef_x_t * x_t, _like((1 - a_s) / (1 - a_t) * beta_ts, x_t)
 
     # Conversions between what a network may predict (eps, x0 or v) and the clean image / noise.
 
