@@ -64,6 +64,13 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise CheckpointError(f"could not write {path}: {e.strerror or e}; earlier files are untouched") from e
 
 
+def remove_partial_writes(folder: Path) -> None:
+    """Delete temporary files that a process killed in the middle of `write_atomic` left behind."""
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp-*"):
+            tmp.unlink(missing_ok=True)
+
+
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Save tensors plus JSON-serialisable metadata atomically; returns the path."""
     path = Path(path)

@@ -141,7 +141,7 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0  # training seconds over all sessions of this run
         self.callbacks = callbacks
-        if resume:
+        if resume and ckpt.list_checkpoints(self.run_dir):  # a run killed before its first checkpoint starts over
             self.load(ckpt.latest_checkpoint(self.run_dir))
 
         self.ddp = None
@@ -324,7 +324,8 @@ class Trainer:
         tc = self.config.train
         if self.process.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(self.config.to_json())
+            ckpt.write_atomic(self.run_dir / "config.json", self.config.to_json().encode())
+            ckpt.remove_partial_writes(self.run_dir / "checkpoints")
             self._trim_metrics()
         previous = {}
         if threading.current_thread() is threading.main_thread():

@@ -1,15 +1,42 @@
-"""Pictures: sample grids with row labels, and animations of the denoising."""
+"""Pictures: sample grids, the forward process, schedule and training plots, and denoising animations.
+
+Grids are drawn with Pillow and plots with matplotlib's object API (no pyplot state, no display); plots are
+rendered to Pillow images, so every picture is saved the same way, by `save_image`. Text is set in DejaVu
+Sans, the face matplotlib ships and plots with, which has the Greek letters of the captions.
+"""
 
 from __future__ import annotations
 
+import functools
 import io
+import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from pixeldiffusion.checkpoint import write_atomic
+from pixeldiffusion.data import to_model_range, to_uint8
+from pixeldiffusion.errors import ConfigError, PixelDiffusionError
+from pixeldiffusion.schedule import NoiseSchedule, ScheduleConfig
+
+LINE = 13  # height of a line of text, in pixels
+FORWARD_COLUMNS = 9  # times shown by `forward_figure` unless told: 0, T/8, ..., T
+VIDEO_BLOCK = 16  # MP4 frames are padded to a multiple of this (the macroblock size players expect)
+
+# -- grids -------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _font() -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"), 10)
 
 
 def _to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -25,30 +52,244 @@ def image_grid(
     scale: int = 1,
     pad: int = 2,
     row_labels: list[str] | None = None,
+    col_labels: list[str] | None = None,
     caption: str | None = None,
+    label_width: int | None = None,
 ) -> Image.Image:
     """Tile uint8 images (N, C, H, W) into rows of `nrow`, enlarged `scale` times (nearest neighbour),
-    with optional labels left of each row and a caption above."""
+    with optional labels left of each row (in a margin `label_width` pixels wide, by default the widest
+    label's), labels of one or more lines above each column, and a caption above everything."""
     tiles = _to_pil(images)
     h, w = images.shape[-2] * scale, images.shape[-1] * scale
     rows = (len(tiles) + nrow - 1) // nrow
-    font = ImageFont.load_default()
-    left = (max(int(font.getlength(label)) for label in row_labels) + 6) if row_labels else 0
-    top = 14 if caption else 0
+    font = _font()
+    if label_width is None:
+        label_width = (max(int(font.getlength(label)) for label in row_labels) + 6) if row_labels else 0
+    caption_height = LINE + 1 if caption else 0
+    header = (max(label.count("\n") + 1 for label in col_labels) * LINE + 2) if col_labels else 0
+    left, top = label_width + pad, caption_height + header + pad
     mode = "L" if images.shape[1] == 1 else "RGB"
-    canvas = Image.new(
-        mode, (left + pad + nrow * (w + pad), top + pad + rows * (h + pad)), color=255 if mode == "L" else (255,) * 3
-    )
+    canvas = Image.new(mode, (left + nrow * (w + pad), top + rows * (h + pad)), color="white")
     draw = ImageDraw.Draw(canvas)
     for i, tile in enumerate(tiles):
         r, c = divmod(i, nrow)
-        canvas.paste(tile.resize((w, h), Image.NEAREST), (left + pad + c * (w + pad), top + pad + r * (h + pad)))
-    ink = 0 if mode == "L" else (0, 0, 0)
+        canvas.paste(tile.resize((w, h), Image.NEAREST), (left + c * (w + pad), top + r * (h + pad)))
     for r, label in enumerate(row_labels or []):
-        draw.text((3, top + pad + r * (h + pad) + h // 2 - 5), label, fill=ink, font=font)
+        draw.text((3, top + r * (h + pad) + h // 2), label, fill="black", font=font, anchor="lm")
+    for c, label in enumerate(col_labels or []):
+        centre = left + c * (w + pad) + w // 2
+        for k, line in enumerate(label.split("\n")):
+            draw.text((centre, caption_height + k * LINE), line, fill="black", font=font, anchor="ma")
     if caption:
-        draw.text((left + pad, 1), caption, fill=ink, font=font)
+        draw.text((left, 1), caption, fill="black", font=font)
     return canvas
+
+
+def _join(images: Sequence[Image.Image], *, vertical: bool, gap: int = 8) -> Image.Image:
+    """Images one below the other (or side by side) on white, `gap` pixels apart."""
+    mode = "RGB" if any(image.mode == "RGB" for image in images) else "L"
+    lengths = [image.height if vertical else image.width for image in images]
+    across = max(image.width if vertical else image.height for image in images)
+    along = sum(lengths) + gap * (len(images) - 1)
+    canvas = Image.new(mode, (across, along) if vertical else (along, across), color="white")
+    offset = 0
+    for image, length in zip(images, lengths, strict=True):
+        canvas.paste(image.convert(mode), (0, offset) if vertical else (offset, 0))
+        offset += length + gap
+    return canvas
+
+
+def auto_scale(size: int, target: int = 64) -> int:
+    """An integer enlargement that shows a size-pixel image at about `target` pixels."""
+    return max(1, target // size)
+
+
+def as_uint8_numpy(images: torch.Tensor) -> np.ndarray:
+    """uint8 (N, C, H, W) tensor -> (N, H, W, C) numpy, the layout of .npz sample files."""
+    return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+# -- the forward process and the schedules -------------------------------------------------------------
+
+
+def _short(value: float) -> str:
+    """A number in five characters or so: 0.531, or 4e-05 when tiny."""
+    return f"{value:.3f}" if value >= 5e-4 else f"{value:.0e}"
+
+
+def forward_figure(
+    images: torch.Tensor,
+    schedules: Sequence[ScheduleConfig],
+    ts: Sequence[int] | None = None,
+    *,
+    seed: int = 0,
+) -> Image.Image:
+    """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4) for uint8 images (N, C, H, W).
+
+    One block of rows per schedule, labelled with its kind; in a block, one row per image and one column per
+    t (default: 0, T/8, ..., T), captioned with t and alpha_bar_t. Every block draws the same noise eps
+    (from `seed`), so blocks differ only by their schedule.
+    """
+    if not schedules:
+        raise ConfigError("give at least one schedule")
+    tables = [NoiseSchedule.from_config(config) for config in schedules]
+    if ts is None:
+        ts = [round(i * tables[0].T / (FORWARD_COLUMNS - 1)) for i in range(FORWARD_COLUMNS)]
+    for config, table in zip(schedules, tables, strict=True):
+        if outside := [t for t in ts if not 0 <= t <= table.T]:
+            raise ConfigError(f"times must be between 0 and T = {table.T} ({config.kind}), got {outside}")
+    x0 = to_model_range(images)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    n, scale = len(images), auto_scale(images.shape[-1])
+    width = max(int(_font().getlength(config.kind)) for config in schedules) + 8
+    blocks = []
+    for config, table in zip(schedules, tables, strict=True):
+        x_t = torch.stack([table.q_sample(x0, t, eps) for t in ts], dim=1)  # (N, len(ts), C, H, W)
+        blocks.append(
+            image_grid(
+                to_uint8(x_t.flatten(0, 1)),
+                len(ts),
+                scale=scale,
+                row_labels=[config.kind] + [""] * (n - 1),
+                col_labels=[f"t={t}\nᾱ={_short(float(table.alpha_bar[t]))}" for t in ts],
+                label_width=width,
+            )
+        )
+    return _join(blocks, vertical=True)
+
+
+def _render(figure: Figure) -> Image.Image:
+    """A matplotlib figure as an RGB image of figsize x dpi pixels."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
+
+
+def schedule_figure(schedules: Sequence[ScheduleConfig]) -> Image.Image:
+    """beta_t, alpha_bar_t and log SNR(t) = log(alpha_bar_t / (1 - alpha_bar_t)) against t for each schedule,
+    in three panels side by side (1200 x 380 pixels)."""
+    if not schedules:
+        raise ConfigError("give at least one schedule")
+    figure = Figure(figsize=(12, 3.8), dpi=100, layout="constrained")
+    beta_ax, alpha_bar_ax, snr_ax = figure.subplots(1, 3)
+    for config in schedules:
+        table = NoiseSchedule.from_config(config)
+        t = torch.arange(1, table.T + 1)
+        label = f"{config.kind} (T={table.T})"
+        beta_ax.plot(t, table.beta[t], label=label)
+        alpha_bar_ax.plot(t, table.alpha_bar[t], label=label)
+        snr_ax.plot(t, table.snr(t).log(), label=label)
+    beta_ax.set(title="β_t: noise variance added at step t", xlabel="t", yscale="log")
+    alpha_bar_ax.set(title="ᾱ_t: signal variance kept in x_t", xlabel="t")
+    snr_ax.set(title="log SNR(t) = log ᾱ_t / (1 − ᾱ_t)", xlabel="t")
+    beta_ax.legend()
+    return _render(figure)
+
+
+# -- training runs -------------------------------------------------------------------------------------
+
+
+def _read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
+    """The training lines and the evaluation lines ("kind": "eval") of a metrics.jsonl; a line cut short by
+    a crash is skipped."""
+    training, evaluations = [], []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        (evaluations if record.get("kind") == "eval" else training).append(record)
+    return training, evaluations
+
+
+def _smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average, debiased at the start (TensorBoard's smoothing)."""
+    smoothed, average = [], 0.0
+    for i, value in enumerate(values, 1):
+        average = weight * average + (1 - weight) * value
+        smoothed.append(average / (1 - weight**i))
+    return smoothed
+
+
+def _plot_evaluations(ax: Axes, evaluations: list[dict], key: str, xlabel: str, *, unit: float = 1.0) -> None:
+    """Every metric of the evaluation lines that record `key`, against key / unit."""
+    ax.set(title=f"evaluation against {xlabel}", xlabel=xlabel)
+    points = [record for record in evaluations if key in record]
+    names = sorted({k for r in points for k, v in r.items() if k not in ("step", "elapsed_s") and _is_number(v)})
+    if not names:
+        ax.text(0.5, 0.5, f"no evaluation with {xlabel} recorded", ha="center", va="center", transform=ax.transAxes)
+        return
+    for name in names:
+        x = [r[key] / unit for r in points if name in r]
+        ax.plot(x, [r[name] for r in points if name in r], marker="o", label=name)
+    ax.legend()
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def latest_samples(run_dir: str | Path) -> Path | None:
+    """The newest sample grid of a run: samples.png or samples/step-XXXXXXXX.png, whichever was written last."""
+    run_dir = Path(run_dir)
+    grids = [p for p in (run_dir / "samples.png", *(run_dir / "samples").glob("step-*.png")) if p.is_file()]
+    return max(grids, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def run_figure(run_dir: str | Path) -> Image.Image:
+    """A training run at a glance (1300 x 700 pixels): loss (raw and smoothed) and learning rate against steps,
+    the evaluation metrics against steps and training minutes, and the latest sample grid."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise PixelDiffusionError(f"{run_dir} has no metrics.jsonl: give the directory of a training run")
+    training, evaluations = _read_metrics(path)
+    figure = Figure(figsize=(13, 7), dpi=100, layout="constrained")
+    panels = figure.add_gridspec(2, 3)
+    loss_ax, lr_ax = figure.add_subplot(panels[0, 0]), figure.add_subplot(panels[0, 1])
+    steps_ax, minutes_ax = figure.add_subplot(panels[1, 0]), figure.add_subplot(panels[1, 1])
+    samples_ax = figure.add_subplot(panels[:, 2])
+
+    steps, loss = [r["step"] for r in training], [r["loss"] for r in training]
+    loss_ax.plot(steps, loss, color="C0", alpha=0.3, label="logged")
+    loss_ax.plot(steps, _smooth(loss), color="C0", label="smoothed")
+    loss_ax.set(title="training loss", xlabel="step", yscale="log")
+    loss_ax.legend()
+    lr_ax.plot(steps, [r["lr"] for r in training], color="C1")
+    lr_ax.set(title="learning rate", xlabel="step")
+    _plot_evaluations(steps_ax, evaluations, "step", "step")
+    _plot_evaluations(minutes_ax, evaluations, "elapsed_s", "training minutes", unit=60)
+
+    samples_ax.set_axis_off()
+    grid = latest_samples(run_dir)
+    if grid is None:
+        samples_ax.text(0.5, 0.5, "no sample grid yet", ha="center", va="center")
+    else:
+        with Image.open(grid) as image:
+            samples_ax.imshow(np.asarray(image.convert("RGB")), interpolation="nearest")
+        samples_ax.set_title(f"latest samples: {grid.relative_to(run_dir)}")
+    if training:
+        last = training[-1]
+        figure.suptitle(f"{run_dir.name}: step {last['step']}, {last.get('elapsed_s', 0) / 60:.1f} training minutes")
+    return _render(figure)
+
+
+# -- animations and files ------------------------------------------------------------------------------
+
+
+def denoising_pictures(
+    frames: Sequence[tuple[int, torch.Tensor, torch.Tensor]], *, nrow: int = 8, show_x0: bool = False
+) -> list[Image.Image]:
+    """One picture per recorded frame (t, x_t, x0) of uint8 images: the grid of x_t captioned with t and,
+    with show_x0, the predicted x0 beside it."""
+    pictures = []
+    for t, x_t, x0 in frames:
+        columns, scale = min(nrow, len(x_t)), auto_scale(x_t.shape[-1])
+        picture = image_grid(x_t, columns, scale=scale, caption=f"x_t at t = {t}")
+        if show_x0:
+            picture = _join([picture, image_grid(x0, columns, scale=scale, caption="predicted x₀")], vertical=False)
+        pictures.append(picture)
+    return pictures
 
 
 def save_image(image: Image.Image, path: str | Path) -> Path:
@@ -73,11 +314,31 @@ def save_animation(frames: list[Image.Image], path: str | Path, *, frame_ms: int
     return path
 
 
-def auto_scale(size: int, target: int = 64) -> int:
-    """An integer enlargement that shows a size-pixel image at about `target` pixels."""
-    return max(1, target // size)
-
-
-def as_uint8_numpy(images: torch.Tensor) -> np.ndarray:
-    """uint8 (N, C, H, W) tensor -> (N, H, W, C) numpy, the layout of .npz sample files."""
-    return images.permute(0, 2, 3, 1).cpu().numpy()
+def save_video(frames: Sequence[Image.Image], path: str | Path, *, frame_ms: int = 80, hold_ms: int = 1500) -> Path:
+    """An H.264 MP4 of the frames, holding the last one, written atomically. Needs the `video` extra
+    (imageio-ffmpeg, whose wheel ships an ffmpeg binary). Frames are padded with white to a multiple of
+    16 pixels."""
+    try:
+        import imageio_ffmpeg
+    except ImportError as e:
+        raise PixelDiffusionError("writing MP4 needs imageio-ffmpeg: pip install 'pixeldiffusion[video]'") from e
+    if not frames:
+        raise PixelDiffusionError("no frames to write")
+    path = Path(path)
+    size = [-(-max(getattr(f, side) for f in frames) // VIDEO_BLOCK) * VIDEO_BLOCK for side in ("width", "height")]
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    writer = imageio_ffmpeg.write_frames(
+        str(partial), size, fps=1000 / frame_ms, macro_block_size=VIDEO_BLOCK, ffmpeg_log_level="error"
+    )
+    writer.send(None)  # start ffmpeg
+    try:
+        for frame in [*frames, *[frames[-1]] * round(hold_ms / frame_ms)]:
+            canvas = Image.new("RGB", size, color="white")
+            canvas.paste(frame.convert("RGB"))
+            writer.send(canvas.tobytes())
+        writer.close()  # ffmpeg finishes the file
+        os.replace(partial, path)
+    finally:
+        writer.close()  # no-ops unless a frame failed
+        partial.unlink(missing_ok=True)
+    return path

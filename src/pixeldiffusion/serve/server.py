@@ -1,0 +1,192 @@
+"""The HTTP side of `pixeldiffusion serve`, on the standard library's threading server.
+
+    GET  /                 the page (static/index.html, with static/app.js and static/style.css)
+    GET  /api/model        what the model takes: conditioning, class or context names, bounds, defaults
+    POST /api/generate     a JSON request (see request.py). Out of bounds: 400 and {"error": message}.
+                           Otherwise a stream of JSON lines: {"type": "queued"} while another generation
+                           runs, {"type": "frame", ...} per shown step, then {"type": "done", "image": ...}
+                           or {"type": "error", "error": message}. Images are PNG data URLs.
+
+One generation runs at a time; up to MAX_WAITING more wait their turn, for at most WAIT_S seconds.
+The generate route takes only `Content-Type: application/json`, which a page of another site cannot send
+without the browser first asking the server (CORS), and this server never agrees.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import torch
+
+from pixeldiffusion.errors import ConfigError, PixelDiffusionError
+from pixeldiffusion.pipeline import Pipeline
+from pixeldiffusion.serve.generation import Frame, generate
+from pixeldiffusion.serve.request import GenerateRequest, defaults, limits, parse_request
+from pixeldiffusion.visualize import auto_scale, image_grid
+
+PAGES = {  # route -> (file in static/, content type)
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+MAX_BODY = 4096  # bytes of a generate request
+MAX_WAITING = 8  # requests waiting behind the running generation
+WAIT_S = 600.0  # longest wait for a turn, in seconds
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def data_url(images: torch.Tensor) -> str:
+    """uint8 images (N, C, H, W) as the PNG grid `pixeldiffusion sample` writes, in a data: URL."""
+    grid = image_grid(images, min(len(images), 8), scale=auto_scale(images.shape[-1]))
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def model_info(pipe: Pipeline, *, name: str) -> dict[str, Any]:
+    """What the page needs to build its form."""
+    model = pipe.config.model
+    return {
+        "name": name,
+        "conditioning": pipe.conditioning,
+        "classes": list(pipe.class_names) or [str(i) for i in range(model.num_classes)],
+        "context_names": list(pipe.context_names) or [f"context {i}" for i in range(model.context_dim)],
+        "image_size": model.image_size,
+        "timesteps": pipe.schedule.T,
+        "limits": limits(pipe),
+        "defaults": defaults(pipe),
+    }
+
+
+class StudioServer(ThreadingHTTPServer):
+    """A threading HTTP server holding one pipeline and the turn to generate."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], pipe: Pipeline, *, name: str):
+        super().__init__(address, Handler)
+        self.pipe = pipe
+        self.info = model_info(pipe, name=name)
+        self.turn = threading.Lock()  # held by the running generation
+        self.admission = threading.BoundedSemaphore(1 + MAX_WAITING)  # the running request and those waiting
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: StudioServer
+    server_version = "pixeldiffusion"
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/api/model":
+            self._send_json(200, self.server.info)
+        elif path in PAGES:
+            name, content_type = PAGES[path]
+            self._send(200, content_type, resources.files(__package__).joinpath("static", name).read_bytes())
+        else:
+            self._send_json(404, {"error": f"nothing at {path}"})
+
+    def do_POST(self) -> None:
+        if urlsplit(self.path).path != "/api/generate":
+            self._send_json(404, {"error": "POST only to /api/generate"})
+            return
+        try:
+            request = parse_request(self._read_json(), self.server.pipe)
+        except ConfigError as e:
+            self._send_json(400, {"error": str(e)})
+            return
+        if not self.server.admission.acquire(blocking=False):
+            self._send_json(503, {"error": f"{MAX_WAITING} requests are already waiting: try again in a moment"})
+            return
+        try:
+            self._stream(request)
+        finally:
+            self.server.admission.release()
+
+    def _read_json(self) -> Any:
+        if self.headers.get_content_type() != "application/json":
+            raise ConfigError("send the request as Content-Type: application/json")
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit() or int(length) > MAX_BODY:
+            raise ConfigError(f"the request body must have a Content-Length of at most {MAX_BODY} bytes")
+        try:
+            return json.loads(self.rfile.read(int(length)))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"the request is not valid JSON: {e}") from e
+
+    def _stream(self, request: GenerateRequest) -> None:
+        """Wait for the turn, then generate, sending each shown frame as it comes."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        try:
+            if not self.server.turn.acquire(blocking=False):
+                self._send_line({"type": "queued"})
+                if not self.server.turn.acquire(timeout=WAIT_S):
+                    self._send_line({"type": "error", "error": "waited too long for the other generations"})
+                    return
+            try:
+                start = time.perf_counter()
+                images = generate(self.server.pipe, request, on_frame=self._send_frame)
+                seconds = round(time.perf_counter() - start, 2)
+                self._send_line({"type": "done", "image": data_url(images), "seed": request.seed, "seconds": seconds})
+            except PixelDiffusionError as e:
+                self._send_line({"type": "error", "error": str(e)})
+            finally:
+                self.server.turn.release()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the page went away: generation stopped at the frame it could not send
+
+    def _send_frame(self, frame: Frame) -> None:
+        self._send_line(
+            {
+                "type": "frame",
+                "step": frame.step,
+                "steps": frame.steps,
+                "t": frame.t,
+                "x_t": data_url(frame.x_t),
+                "x0": data_url(frame.x0),
+            }
+        )
+
+    def _send_line(self, message: dict[str, Any]) -> None:
+        self.wfile.write(json.dumps(message).encode() + b"\n")
+
+    def _send_json(self, status: int, value: Any) -> None:
+        self._send(status, "application/json", json.dumps(value).encode())
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data:")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def make_server(pipe: Pipeline, *, host: str = "127.0.0.1", port: int = 8000, name: str = "model") -> StudioServer:
+    """A server for a pipeline, bound but not yet serving (port 0: any free port, see `.server_port`)."""
+    try:
+        return StudioServer((host, port), pipe, name=name)
+    except OSError as e:
+        raise PixelDiffusionError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+
+
+def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> None:
+    """Serve the page for the latest checkpoint of a training run until interrupted (Ctrl-C)."""
+    pipe = Pipeline.from_run(run_dir, device=device)
+    with make_server(pipe, host=host, port=port, name=Path(run_dir).name) as server:
+        print(f"serving {run_dir} at http://{host}:{server.server_port}/  (Ctrl-C to stop)", flush=True)
+        if host not in LOOPBACK:
+            print(f"warning: {host} is not a loopback address: anyone who can reach it can use the model", flush=True)
+        server.serve_forever()
