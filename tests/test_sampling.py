@@ -1,5 +1,7 @@
 """Samplers against closed forms and against the diffusers schedulers (an independent implementation)."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -50,8 +52,9 @@ def test_grids_equal_diffusers_timesteps_plus_one(spacing, steps):
 @pytest.mark.parametrize("steps", [1, 2, 5, 10, 50, 200, 1000])
 def test_karras_grid_descends_from_T_to_one_and_follows_the_sigma_ramp(schedule, steps):
     grid = timestep_grid(schedule, steps, "karras")
-    assert len(grid) == steps + 1 and grid[0] == schedule.T and grid[-2:] == [1, 0] or steps == 1
-    assert all(a > b for a, b in zip(grid, grid[1:])), "strictly descending"
+    assert len(grid) == steps + 1 and grid[0] == schedule.T and grid[-1] == 0
+    assert steps == 1 or grid[-2] == 1, "the last step starts from t = 1, the smallest sigma"
+    assert all(a > b for a, b in itertools.pairwise(grid)), "strictly descending"
     if steps == 10:  # where no times collide, each is the one nearest the wanted sigma (diffusers' rounding)
         sched = diffusers.DPMSolverMultistepScheduler(
             num_train_timesteps=1000, beta_schedule="linear", use_karras_sigmas=True
@@ -179,8 +182,8 @@ def test_dpmpp_2m_loop_equals_diffusers(kind, prediction, spacing, steps):
 
 
 def gaussian_data_oracle(schedule: NoiseSchedule, mu: float, s: float, prediction: str):
-    """The exact network for data x0 ~ N(mu, s^2 I): E[x0 | x_t] = mu + sqrt(a) s^2 / (a s^2 + 1 - a) (x_t - sqrt(a) mu),
-    returned as the given prediction type."""
+    """The exact network for data x0 ~ N(mu, s^2 I), as the given prediction type:
+    E[x0 | x_t] = mu + sqrt(a) s^2 / (a s^2 + 1 - a) (x_t - sqrt(a) mu)."""
 
     def model(x, t, cond=None):
         a = schedule.alpha_bar[t].to(x.dtype).reshape(-1, 1, 1, 1)
@@ -215,7 +218,7 @@ def test_ode_solvers_converge_to_the_exact_solution_at_their_order(prediction):
 
     for sampler in ("ddim", "heun", "dpmpp_2m"):
         errors = {steps: error(sampler, steps) for steps in (10, 20, 40, 100, 500)}
-        assert all(b < a for a, b in zip(errors.values(), list(errors.values())[1:])), (sampler, errors)
+        assert all(b < a for a, b in itertools.pairwise(errors.values())), (sampler, errors)
         ratio = errors[100] / errors[20]  # 5x the steps: error / 5 at first order, / 25 at second
         if sampler == "ddim":
             assert 0.1 < ratio < 0.4, (sampler, errors)

@@ -69,10 +69,42 @@ def test_extending_a_finished_run(tmp_path, tiny):
     assert weights(tmp_path / "run")[1]["step"] == 4
 
 
-def test_non_finite_loss_stops_with_the_step(tmp_path, tiny):
-    trainer = Trainer(tiny(max_steps=3, lr=1e30, grad_clip=0.0, warmup_steps=0), tmp_path / "run")
-    with pytest.raises(NonFiniteLoss, match=r"between steps \d+ and \d+"):
+def poison_step(k):
+    """A callback that puts a NaN into one weight after step k, so that step k + 1 has a NaN loss."""
+
+    def callback(trainer):
+        if trainer.step == k:
+            with torch.no_grad():
+                next(trainer.model.parameters()).view(-1)[0] = float("nan")
+
+    return callback
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny):
+    cfg = tiny(max_steps=8, checkpoint_every=2, log_every=3)
+    trainer = Trainer(cfg, tmp_path / "run", callbacks=(poison_step(4),))
+    with pytest.raises(NonFiniteLoss, match="at step 5; the last good checkpoint is in"):
         trainer.run()
+    tensors, meta = weights(tmp_path / "run")
+    assert meta["step"] == 4 and all(torch.isfinite(v).all() for v in tensors.values())
+
+
+def test_a_non_finite_step_is_skipped_on_request(tmp_path, tiny):
+    run = tmp_path / "run"
+    trainer = Trainer(tiny(max_steps=6, log_every=2, nonfinite="skip"), run)
+    draw = trainer.draw
+
+    def nan_batch_at_step_3(step):
+        x0, t, eps, cond = draw(step)
+        return (x0 * float("nan") if step == 3 else x0), t, eps, cond
+
+    trainer.draw = nan_batch_at_step_3
+    trainer.run()
+    assert trainer.step == 6 and int(trainer.skipped) == 1
+    assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
+    assert all(torch.isfinite(v).all() for v in trainer.ema.state_dict().values())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("skipped_steps", 0) for r in records] == [0, 1, 1] and all(math.isfinite(r["loss"]) for r in records)
 
 
 def test_learning_rate_warms_up_then_decays_to_zero(tmp_path, tiny):

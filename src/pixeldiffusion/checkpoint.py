@@ -8,6 +8,7 @@ configuration and training state. Loading never unpickles and never runs code fr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -46,9 +47,9 @@ def _digest(tensors: dict[str, torch.Tensor], meta: str) -> str:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write bytes to `path` through a fsynced temporary file and a rename; on failure nothing changes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -60,7 +61,8 @@ def write_atomic(path: Path, data: bytes) -> None:
         finally:
             os.close(dir_fd)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. no directory to remove it from
+            tmp.unlink(missing_ok=True)
         raise CheckpointError(f"could not write {path}: {e.strerror or e}; earlier files are untouched") from e
 
 

@@ -88,11 +88,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         dataset = getattr(args, "DataConfig.dataset") or "digits"
         config = RunConfig.load(args.config) if args.config else default_config(dataset, model_preset=args.preset)
         run_dir = Path(args.out or f"runs/{dataset.replace(':', '-').replace('/', '-')}")
-        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-            raise PixelDiffusionError(
-                f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out"
-            )
-    summary = train(apply(config, args), run_dir, resume=bool(args.resume))
+    config = apply(config, args)  # bad flags are reported before anything else
+    if not args.resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        raise PixelDiffusionError(
+            f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out"
+        )
+    callbacks = ()
+    if args.log == "tensorboard":
+        from pixeldiffusion.tensorboard import tensorboard_logger
+
+        callbacks = (tensorboard_logger(run_dir / "tensorboard"),)
+    summary = train(config, run_dir, resume=bool(args.resume), callbacks=callbacks)
     if summary is None:
         return
     print(f"\ntrained {summary.steps} steps in {summary.minutes:.1f} min; everything is in {summary.run_dir}/")
@@ -101,6 +107,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"  metrics        {summary.run_dir / 'metrics.jsonl'}")
     print(f"  samples        {summary.samples}")
     print(f"  denoising      {summary.animation}")
+    if args.log == "tensorboard":
+        print(f"  tensorboard    tensorboard --logdir {run_dir / 'tensorboard'}")
     print(f"sample more with:\n  pixeldiffusion sample --run {summary.run_dir} --n 64 --seed 1 --out samples-1.png")
 
 
@@ -117,13 +125,55 @@ def cmd_sample(args: argparse.Namespace) -> None:
         labels=labels,
         context=context,
         per_class=args.per_class,
-        record=40 if args.gif else 0,
+        record=40 if args.gif or args.mp4 else 0,
         **overrides(args, SampleConfig),
     )
-    samples.save(args.out, gif=args.gif, npz=args.npz, show_x0=args.show_x0)
-    for what, path in (("grid", args.out), ("animation", args.gif), ("arrays", args.npz)):
+    samples.save(args.out, gif=args.gif, mp4=args.mp4, npz=args.npz, show_x0=args.show_x0)
+    for what, path in (("grid", args.out), ("animation", args.gif), ("video", args.mp4), ("arrays", args.npz)):
         if path:
             print(f"wrote {what}: {path}")
+
+
+def cmd_datasets(args: argparse.Namespace) -> None:
+    from pixeldiffusion.data import describe_datasets
+
+    rows = describe_datasets()
+    columns = ("name", "size", "test_size", "resolution", "channels", "classes", "cached", "description")
+    table = [[("-" if row[c] is None else "yes" if row[c] is True else "no" if row[c] is False else str(row[c]))
+              for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    for line in [list(columns), *table]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+def schedule_configs(names: str, timesteps: int) -> list[ScheduleConfig]:
+    return [ScheduleConfig(kind=name.strip(), timesteps=timesteps) for name in names.split(",") if name.strip()]
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from pixeldiffusion import visualize
+
+    if args.what == "forward":
+        times = [int(t) for t in args.times.split(",")] if args.times else None
+        schedules = schedule_configs(args.schedule, args.timesteps)
+        figure = visualize.dataset_forward_figure(
+            args.dataset, schedules, times, n=args.n, seed=args.seed, data_dir=args.data_dir
+        )
+    elif args.what == "schedule":
+        figure = visualize.schedule_figure(schedule_configs(args.schedule, args.timesteps))
+    else:
+        if not args.run:
+            raise PixelDiffusionError("show run needs the run directory: pixeldiffusion show run DIR")
+        figure = visualize.run_figure(args.run)
+    out = args.out or f"{args.what}.png"
+    visualize.save_image(figure, out)
+    print(f"wrote {out} ({figure.width}x{figure.height})")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from pixeldiffusion.serve import serve
+
+    serve(args.run, host=args.host, port=args.port, device=args.device)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -145,6 +195,8 @@ def parser() -> argparse.ArgumentParser:
     add_fields(t, ScheduleConfig, rename={"kind": "schedule"})
     add_fields(t, UNetConfig, skip=DERIVED)
     add_fields(t, SampleConfig, prefix="sample-")
+    t.add_argument("--log", choices=("jsonl", "tensorboard"), default="jsonl",
+                   help="metrics.jsonl always; tensorboard also writes events to RUN/tensorboard (extra: tensorboard)")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="generate images from a trained run or checkpoint")
@@ -157,10 +209,34 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--per-class", type=int, help="one row of K samples per class, labelled")
     s.add_argument("--out", default="samples.png", help="PNG grid to write")
     s.add_argument("--gif", help="also write the denoising as an animated GIF")
-    s.add_argument("--show-x0", action="store_true", help="in the GIF, show the predicted x0 under x_t")
+    s.add_argument("--mp4", help="also write the denoising as an MP4 video (extra: video)")
+    s.add_argument("--show-x0", action="store_true", help="in the animation, show the predicted x0 beside x_t")
     s.add_argument("--npz", help="also write the images (uint8, N x H x W x C) and conditions as .npz")
     add_fields(s, SampleConfig)
     s.set_defaults(func=cmd_sample)
+
+    d = sub.add_parser("datasets", help="list the dataset names, their sizes and whether they are cached")
+    d.set_defaults(func=cmd_datasets)
+
+    v = sub.add_parser("show", help="pictures: the forward process, the schedules, or a training run")
+    v.add_argument("what", choices=("forward", "schedule", "run"))
+    v.add_argument("run", nargs="?", help="show run: the run directory")
+    v.add_argument("--dataset", default="digits", help="show forward: the dataset whose images are noised")
+    v.add_argument("--data-dir", help="show forward: a directory holding the dataset's files")
+    v.add_argument("--schedule", default="linear,cosine", help="schedule kinds, comma-separated")
+    v.add_argument("--timesteps", type=int, default=1000, help="T of the schedules")
+    v.add_argument("--times", help="show forward: the times t shown, comma-separated (default 0, T/8, ..., T)")
+    v.add_argument("--n", type=int, default=3, help="show forward: how many images")
+    v.add_argument("--seed", type=int, default=0, help="show forward: which images and which noise")
+    v.add_argument("--out", help="PNG to write (default: WHAT.png)")
+    v.set_defaults(func=cmd_show)
+
+    w = sub.add_parser("serve", help="a local web page to generate with a trained run and watch the denoising")
+    w.add_argument("--run", required=True, help="run directory (its latest checkpoint is used)")
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
+    w.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    w.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    w.set_defaults(func=cmd_serve)
     return p
 
 

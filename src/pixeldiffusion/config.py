@@ -76,6 +76,7 @@ class TrainConfig:
     lr_decay: str = "cosine"  # decay after warm-up, to zero at the end of the run: cosine, linear or constant
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
     grad_clip: float = 1.0  # clip the global gradient norm to this value (0: no clipping)
+    nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (the last good checkpoint stays) or skip the step
     max_steps: int | None = 4000  # stop after this many optimiser steps
     epochs: float | None = None  # or after this many passes over the data
     minutes: float | None = None  # or after this much wall-clock time
@@ -96,6 +97,7 @@ class TrainConfig:
         _choice("lr decay", self.lr_decay, LR_DECAYS)
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("nonfinite action", self.nonfinite, ("stop", "skip"))
         check_objective(self.loss, self.weighting)
         if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ConfigError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from pixeldiffusion import checkpoint as ckpt
+from pixeldiffusion.checkpoint import write_atomic
 from pixeldiffusion.config import RunConfig, SampleConfig, from_dict
 from pixeldiffusion.data import to_uint8
 from pixeldiffusion.distributed import resolve_device
@@ -18,7 +20,15 @@ from pixeldiffusion.models import UNet
 from pixeldiffusion.sampling import sample, timestep_grid
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.seeding import derive_seed
-from pixeldiffusion.visualize import as_uint8_numpy, auto_scale, image_grid, save_animation, save_image
+from pixeldiffusion.visualize import (
+    as_uint8_numpy,
+    auto_scale,
+    denoising_pictures,
+    image_grid,
+    save_animation,
+    save_image,
+    save_video,
+)
 
 
 @dataclass
@@ -42,30 +52,29 @@ class Samples:
         png: str | Path | None = None,
         *,
         gif: str | Path | None = None,
+        mp4: str | Path | None = None,
         npz: str | Path | None = None,
         show_x0: bool = False,
     ) -> None:
-        """Write the grid as PNG, the denoising as an animated GIF (x_t, optionally beside the predicted x0),
-        and the images as .npz (uint8 (N, H, W, C) under "images", plus "labels" or "context")."""
+        """Write the grid as PNG, the denoising as an animated GIF and/or MP4 (x_t, optionally beside the
+        predicted x0), and the images as .npz (uint8 (N, H, W, C) under "images", plus "labels" or "context")."""
         if png:
             save_image(self.grid(), png)
-        if gif:
+        if gif or mp4:
             if not self.frames:
-                raise PixelDiffusionError("no frames were recorded: sample with record > 0 to write a GIF")
-            scale, n = auto_scale(self.images.shape[-1]), len(self.frames[0][1])
-            pictures = []
-            for t, x_t, x0 in self.frames:
-                tiles = torch.cat([x_t, x0]) if show_x0 else x_t
-                caption = f"t = {t}" + ("   (top: x_t, bottom: predicted x0)" if show_x0 else "")
-                pictures.append(image_grid(tiles, min(self.nrow, n), scale=scale, caption=caption))
-            save_animation(pictures, gif)
+                raise PixelDiffusionError("no frames were recorded: sample with record > 0 to write an animation")
+            pictures = denoising_pictures(self.frames, nrow=self.nrow, show_x0=show_x0)
+            if gif:
+                save_animation(pictures, gif)
+            if mp4:
+                save_video(pictures, mp4)
         if npz:
             arrays = {"images": as_uint8_numpy(to_uint8(self.images))}
             if self.cond is not None:
                 arrays["labels" if not self.cond.is_floating_point() else "context"] = self.cond.cpu().numpy()
-            path = Path(npz)
-            with open(path, "wb") as f:
-                np.savez_compressed(f, **arrays)
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **arrays)
+            write_atomic(Path(npz), buffer.getvalue())
 
 
 class Pipeline:

@@ -73,11 +73,13 @@ def ema_decay(step: int, halflife: float, rampup: float) -> float:
 
 
 @torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, for parameters; buffers are copied."""
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, keep: torch.Tensor | None = None) -> None:
+    """ema <- decay * ema + (1 - decay) * model, for parameters; buffers are copied. `keep`, a 0-dim tensor
+    on the device, scales the update (0 leaves the EMA as it is) without a host synchronisation."""
     ema_params = [p for p in ema.parameters()]
     model_params = [p.detach() for p in model.parameters()]
-    torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
+    weight = 1.0 - decay if keep is None else keep * (1.0 - decay)
+    torch._foreach_lerp_(ema_params, model_params, weight)
     for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
         b_ema.copy_(b)
 
@@ -86,8 +88,9 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 class Progress:
     """Running totals between two log lines (kept on the device: no host sync per step)."""
 
-    loss_sum: torch.Tensor
-    count: int = 0
+    loss_sum: torch.Tensor  # sum of the finite step losses
+    count: int = 0  # steps taken
+    skipped: int = 0  # the run's count of skipped steps at the last log line
     since: float = 0.0
 
 
@@ -135,10 +138,10 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self.model = (model or UNet(config.model)).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=self.device.type == "cuda"
-        )
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
         self.step = 0
+        self.first_bad = torch.tensor(-1, device=self.device)  # the first step with a NaN/inf loss or gradient
+        self.skipped = torch.zeros((), dtype=torch.long, device=self.device)  # steps skipped for that reason
         self.elapsed = 0.0  # training seconds over all sessions of this run
         self.callbacks = callbacks
         if resume and ckpt.list_checkpoints(self.run_dir):  # a run killed before its first checkpoint starts over
@@ -232,13 +235,18 @@ class Trainer:
                 )
                 loss.backward()
             total += loss.detach()
-        if tc.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip or float("inf"))
+        bad = ~(torch.isfinite(total) & torch.isfinite(grad_norm))  # recorded on the device, read at log time
+        self.first_bad = torch.where(bad & (self.first_bad < 0), self.step + 1, self.first_bad)
+        keep = None
+        if tc.nonfinite == "skip":  # fused AdamW leaves the weights and its state untouched where found_inf is 1
+            self.optimizer.found_inf, keep = bad.float(), (~bad).float()
+            self.skipped += bad
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        update_ema(self.ema, self.model, ema_decay(self.step, tc.ema_halflife, tc.ema_rampup))
-        return total
+        update_ema(self.ema, self.model, ema_decay(self.step, tc.ema_halflife, tc.ema_rampup), keep)
+        return torch.where(bad, 0.0, total)
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -252,6 +260,7 @@ class Trainer:
             "config": json.loads(self.config.to_json()),
             "step": self.step,
             "elapsed": self.elapsed,
+            "skipped_steps": int(self.skipped),
             "world_size": self.process.world_size,
             "optimizer_groups": groups,
             "class_names": list(self.class_names),
@@ -259,8 +268,18 @@ class Trainer:
         }
         return tensors, meta
 
+    def check_finite(self) -> None:
+        """Stop (nonfinite="stop") once a step had a NaN or infinite loss or gradient: one host sync, called at
+        log and checkpoint time only, so the last checkpoint written is always a good one."""
+        if self.config.train.nonfinite == "stop" and (bad := int(self.first_bad)) >= 0:
+            raise NonFiniteLoss(
+                f"the loss or its gradient became NaN or infinite at step {bad}; the last good checkpoint is in "
+                f"{self.run_dir / 'checkpoints'} (try a lower --lr, or --nonfinite skip)"
+            )
+
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (main process only) and prune old ones."""
+        self.check_finite()
         if not self.process.is_main or self._saved_step == self.step:
             return None
         self._saved_step = self.step
@@ -281,6 +300,7 @@ class Trainer:
             self.optimizer, {k: v.to(self.device) for k, v in tensors.items()}, meta["optimizer_groups"]
         )
         self.step, self.elapsed = int(meta["step"]), float(meta["elapsed"])
+        self.skipped.fill_(int(meta.get("skipped_steps", 0)))
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -297,12 +317,9 @@ class Trainer:
         if self.process.world_size > 1:
             dist.all_reduce(loss_sum)
             loss_sum /= self.process.world_size
-        loss = loss_sum.item() / max(progress.count, 1)  # the one host sync per log interval
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(
-                f"the loss became {loss} between steps {self.step - progress.count} and {self.step}; "
-                f"the last good checkpoint is in {self.run_dir / 'checkpoints'} (try a lower --lr)"
-            )
+        self.check_finite()
+        skipped = int(self.skipped)
+        loss = loss_sum.item() / max(progress.count - (skipped - progress.skipped), 1)  # mean of the steps taken
         now = time.perf_counter()
         rate = progress.count * tc.batch_size / max(now - progress.since, 1e-9)
         record = {
@@ -312,18 +329,19 @@ class Trainer:
             "images_per_s": rate,
             "elapsed_s": round(self.elapsed, 2),
         }
+        if skipped:
+            record["skipped_steps"] = skipped
         if self.process.is_main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{rate:.0f}", refresh=False)
         progress.loss_sum.zero_()
-        progress.count, progress.since = 0, now
+        progress.count, progress.skipped, progress.since = 0, skipped, now
 
     def run(self) -> Path:
         """Train until max_steps, epochs or minutes is reached; returns the path of the final checkpoint."""
         tc = self.config.train
         if self.process.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.write_atomic(self.run_dir / "config.json", self.config.to_json().encode())
             ckpt.remove_partial_writes(self.run_dir / "checkpoints")
             self._trim_metrics()
@@ -338,7 +356,7 @@ class Trainer:
             dynamic_ncols=True,
             desc="train",
         )
-        progress = Progress(torch.zeros((), device=self.device), since=time.perf_counter())
+        progress = Progress(torch.zeros((), device=self.device), skipped=int(self.skipped), since=time.perf_counter())
         try:
             self.model.train()
             while not self.done() and self._stop_signal is None:

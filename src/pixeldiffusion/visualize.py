@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from pixeldiffusion.checkpoint import write_atomic
-from pixeldiffusion.data import to_model_range, to_uint8
+from pixeldiffusion.data import load_dataset, to_model_range, to_uint8
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.schedule import NoiseSchedule, ScheduleConfig
 
@@ -158,6 +158,21 @@ def forward_figure(
     return _join(blocks, vertical=True)
 
 
+def dataset_forward_figure(
+    dataset: str,
+    schedules: Sequence[ScheduleConfig],
+    ts: Sequence[int] | None = None,
+    *,
+    n: int = 3,
+    seed: int = 0,
+    data_dir: str | None = None,
+) -> Image.Image:
+    """`forward_figure` of n images of a dataset's test split, picked at random by `seed`."""
+    data = load_dataset(dataset, split="test", data_dir=data_dir)
+    picked = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+    return forward_figure(data.images[picked], schedules, ts, seed=seed)
+
+
 def _render(figure: Figure) -> Image.Image:
     """A matplotlib figure as an RGB image of figsize x dpi pixels."""
     canvas = FigureCanvasAgg(figure)
@@ -202,8 +217,10 @@ def _read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
     return training, evaluations
 
 
-def _smooth(values: list[float], weight: float = 0.9) -> list[float]:
-    """Exponential moving average, debiased at the start (TensorBoard's smoothing)."""
+def _smooth(values: list[float]) -> list[float]:
+    """Exponential moving average over about a twentieth of the points, debiased at the start (TensorBoard's
+    smoothing)."""
+    weight = max(0.0, 1 - 20 / max(len(values), 1))
     smoothed, average = [], 0.0
     for i, value in enumerate(values, 1):
         average = weight * average + (1 - weight) * value
