@@ -45,7 +45,8 @@ function requestBody() {
   };
   if (model.conditioning === "class" && $("label").value !== "") body.label = Number($("label").value);
   if (model.conditioning === "context") {
-    body.context = [...$("context").querySelectorAll("input")].map((box) => (box.checked ? 1 : 0));
+    const context = [...$("context").querySelectorAll("input")].map((box) => (box.checked ? 1 : 0));
+    if (context.includes(1)) body.context = context; // none ticked: each context in turn
   }
   return body;
 }
