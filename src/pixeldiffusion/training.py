@@ -417,10 +417,15 @@ def train(
     callbacks: tuple[Callable[[Trainer], None], ...] = (),
 ) -> RunSummary | None:
     """Train a run to its end, then write a grid of samples (one row per class for class-conditional
-    models) and an animation of their denoising with the EMA weights. Returns None on processes other
-    than the main one."""
+    models) and an animation of their denoising with the EMA weights. With config.train.eval_every, sample
+    quality is evaluated during training (`evaluation.callback`). Returns None on processes other than the
+    main one."""
     from pixeldiffusion.pipeline import Pipeline
 
+    if config.train.eval_every:  # fails here, before any training, when the dataset's classifier is missing
+        from pixeldiffusion.evaluation.callback import evaluation_callback
+
+        callbacks = (*callbacks, evaluation_callback(config))
     trainer = Trainer(config, run_dir, model=model, resume=resume, callbacks=callbacks)
     final = trainer.run()
     if dist.is_initialized():
@@ -435,7 +440,8 @@ def train(
         context_names=trainer.context_names,
     )
     classes = trainer.config.model.num_classes
-    samples = pipe.sample(per_class=8 if classes else None, record=40)
     png, gif = trainer.run_dir / "samples.png", trainer.run_dir / "denoising.gif"
-    samples.save(png, gif=gif)
+    pipe.sample(per_class=8 if classes else None).save(png)
+    animation = pipe.sample(2 * classes if classes else 16, record=40)  # a light GIF: two images of each class
+    replace(animation, nrow=classes or 8).save(gif=gif)
     return RunSummary(trainer.run_dir, final, png, gif, trainer.step, trainer.elapsed / 60)
