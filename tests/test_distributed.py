@@ -13,12 +13,13 @@ TINY = ["--base-channels", "8", "--norm-groups", "4", "--attention-heads", "1", 
         "--checkpoint-every", "2"]
 
 
-def launch(processes: int, *args: str) -> None:
+def launch(processes: int, *args: str, command: str = "train") -> None:
+    flags = TINY if command == "train" else []
     if processes == 1:
-        command = [sys.executable, "-m", "pixeldiffusion", "train", *args, *TINY]
+        command = [sys.executable, "-m", "pixeldiffusion", command, *args, *flags]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                   "-m", "pixeldiffusion", "train", *args, *TINY]
+                   "-m", "pixeldiffusion", "--", command, *args, *flags]  # "--": torchrun would claim --n, --run
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -65,3 +66,14 @@ def test_a_two_process_run_resumes_on_two_or_one_processes(runs, tmp_path):
         shutil.copytree(runs / "single", single)
         launch(1, "--resume", str(single), "--max-steps", "6")
         assert_same_training(copy, single)
+
+
+def test_sampling_is_shared_out_over_processes_and_equals_one_process(runs, tmp_path):
+    for processes in (1, 2):
+        out = tmp_path / str(processes)
+        out.mkdir()
+        launch(processes, "--run", str(runs / "single"), "--n", "7", "--batch-size", "2", "--steps", "3",
+               "--out", str(out / "grid.png"), "--npz", str(out / "images.npz"), command="sample")
+        assert sorted(p.name for p in out.iterdir()) == ["grid.png", "images.npz"]
+    assert (tmp_path / "1" / "grid.png").read_bytes() == (tmp_path / "2" / "grid.png").read_bytes()
+    assert (tmp_path / "1" / "images.npz").read_bytes() == (tmp_path / "2" / "images.npz").read_bytes()

@@ -10,6 +10,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
+from pixeldiffusion import distributed
 from pixeldiffusion.config import DataConfig, RunConfig, SampleConfig, TrainConfig, default_config, field_type
 from pixeldiffusion.errors import PixelDiffusionError
 from pixeldiffusion.models.unet import UNetConfig
@@ -117,7 +120,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     if bool(args.run) == bool(args.checkpoint):
         raise PixelDiffusionError("give exactly one of --run DIR and --checkpoint FILE")
-    load = dict(weights=args.weights, device=args.device)
+    process = distributed.setup(args.device)  # under torchrun, the processes share the batches out
+    load = dict(weights=args.weights, device=process.device)
     pipe = Pipeline.from_run(args.run, **load) if args.run else Pipeline.from_checkpoint(args.checkpoint, **load)
     labels = [c.strip() for c in args.classes.split(",")] if args.classes else None
     context = [float(v) for v in args.context.split(",")] if args.context else None
@@ -128,6 +132,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
         record=40 if args.gif or args.mp4 else 0,
         **overrides(args, SampleConfig),
     )
+    if process.world_size > 1:
+        torch.distributed.destroy_process_group()
+    if not process.is_main:
+        return
     samples.save(args.out, gif=args.gif, mp4=args.mp4, npz=args.npz, show_x0=args.show_x0)
     for what, path in (("grid", args.out), ("animation", args.gif), ("video", args.mp4), ("arrays", args.npz)):
         if path:
@@ -174,6 +182,54 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from pixeldiffusion.serve import serve
 
     serve(args.run, host=args.host, port=args.port, device=args.device)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from pixeldiffusion.evaluation.evaluate import evaluate_images, evaluate_run
+
+    if bool(args.run) == bool(args.images):
+        raise PixelDiffusionError("give exactly one of --run DIR and --images FILE.npz|DIR")
+    common = dict(
+        features=args.features,
+        inception_weights=args.inception_weights,
+        classifier=args.classifier,
+        data_dir=args.data_dir,
+        device=args.device,
+    )
+    if args.run:
+        evaluation, record = evaluate_run(args.run, n=args.n, **common, **overrides(args, SampleConfig))
+        settings = ", ".join(f"{k} {v}" for k, v in record["sampling"].items())
+        print(f"{args.run} at step {record['step']} ({record['elapsed_s'] / 60:.1f} training minutes); {settings}")
+    else:
+        if not args.dataset:
+            raise PixelDiffusionError("--images needs --dataset NAME, the dataset the images are compared with")
+        evaluation = evaluate_images(args.images, dataset=args.dataset, pad=args.pad, **common)
+    print(evaluation.table())
+    if args.run:
+        print(f"appended to {Path(args.run) / 'metrics.jsonl'}")
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> None:
+    from pixeldiffusion.evaluation.classifier import train_classifier
+
+    trained = train_classifier(
+        args.dataset,
+        data_dir=args.data_dir,
+        out=args.out,
+        image_size=args.image_size,
+        pad=args.pad,
+        epochs=args.epochs,
+        device=args.device,
+    )
+    info = trained.info
+    print(f"wrote {trained.path}: test accuracy {info.test_accuracy:.4f} on {info.test_set}")
+
+
+def cmd_download_inception(args: argparse.Namespace) -> None:
+    from pixeldiffusion.data.download import fetch_weights
+    from pixeldiffusion.evaluation.inception import WEIGHTS_FILE
+
+    print(f"Inception weights (SHA-256 checked): {fetch_weights(WEIGHTS_FILE)}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -237,6 +293,41 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
     w.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     w.set_defaults(func=cmd_serve)
+
+    e = sub.add_parser("eval", help="sample quality: Frechet distance, KID, precision/recall, classes, memorisation")
+    e.add_argument("--run", help="run directory: sample its latest checkpoint and log the scores to its metrics.jsonl")
+    e.add_argument("--images", help="or score these images: an .npz (as sample --npz writes) or a folder of PNGs")
+    e.add_argument("--dataset", help="--images: the dataset they are compared with")
+    e.add_argument("--pad", action="store_true", help="--images: the dataset padded with black up to their size")
+    e.add_argument("--data-dir", help="a directory holding the dataset's files")
+    e.add_argument("--n", type=int, default=1000, help="--run: images to sample")
+    e.add_argument(
+        "--features",
+        default="classifier",
+        choices=("classifier", "inception"),
+        help="feature space: the dataset's classifier (train-classifier) or the FID Inception-v3",
+    )
+    e.add_argument(
+        "--inception-weights",
+        help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: where download-inception puts it)",
+    )
+    e.add_argument("--classifier", help="a classifier file (default: the one train-classifier writes to the cache)")
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_fields(e, SampleConfig, skip={"n"})
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("train-classifier", help="train the classifier of a dataset for eval (a few CPU minutes)")
+    c.add_argument("--dataset", required=True, help="dataset name (see `pixeldiffusion datasets`)")
+    c.add_argument("--data-dir", help="a directory holding the dataset's files")
+    c.add_argument("--image-size", type=int, help="the size of the models' images (default: the dataset's own)")
+    c.add_argument("--pad", action="store_true", help="pad with black up to --image-size instead of resizing")
+    c.add_argument("--epochs", type=int, default=3, help="passes over the training images")
+    c.add_argument("--out", help="classifier file (default: in the cache, where eval and train look for it)")
+    c.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    c.set_defaults(func=cmd_train_classifier)
+
+    i = sub.add_parser("download-inception", help="download pytorch-fid's Inception weights into the cache")
+    i.set_defaults(func=cmd_download_inception)
     return p
 
 

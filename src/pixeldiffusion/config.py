@@ -88,6 +88,8 @@ class TrainConfig:
     log_every: int = 50  # steps between progress updates and lines of metrics.jsonl
     checkpoint_every: int = 1000  # steps between checkpoints (and one at the end)
     sample_every: int = 0  # steps between sample grids written to samples/ (0: only at the end)
+    eval_every: int = 0  # steps between evaluations of sample quality with the dataset's classifier (0: none)
+    eval_samples: int = 500  # images per evaluation (evaluating takes at most about 1/20 of the training time)
     keep: int = 3  # checkpoints kept (the latest ones)
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with bf16 instructions), fp32 or bf16
@@ -110,6 +112,8 @@ class TrainConfig:
         for name in ("log_every", "checkpoint_every", "keep"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_every < 0 or self.eval_samples < 2:
+            raise ConfigError(f"eval_every must be >= 0 and eval_samples >= 2: {self.eval_every}, {self.eval_samples}")
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,10 @@ class Process:
         return self.rank == 0
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
     """auto: the local CUDA device when there is one, else the CPU."""
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from pixeldiffusion import checkpoint as ckpt
@@ -96,7 +97,9 @@ class Pipeline:
         self.class_names, self.context_names = tuple(class_names), tuple(context_names)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, weights: str = "ema", device: str = "auto") -> Pipeline:
+    def from_checkpoint(
+        cls, path: str | Path, *, weights: str = "ema", device: str | torch.device = "auto"
+    ) -> Pipeline:
         """Load a checkpoint file; weights="ema" (default) or "model" (the raw training weights)."""
         if weights not in ("ema", "model"):
             raise ConfigError(f"weights must be 'ema' or 'model', got {weights!r}")
@@ -177,7 +180,9 @@ class Pipeline:
         **overrides,
     ) -> Samples:
         """Generate images. Overrides are SampleConfig fields (sampler, steps, eta, guidance, seed, ...);
-        per_class=K makes one row of K images per class; record=F keeps F evenly spaced denoising frames."""
+        per_class=K makes one row of K images per class; record=F keeps F evenly spaced denoising frames.
+        Under torchrun the batches are shared out over the processes and gathered: every process returns all the
+        images, the same as one process would make."""
         cfg: SampleConfig = replace(self.config.sample, **({"n": n} if n else {}), **overrides)
         row_labels, nrow = None, min(cfg.n, 8)
         if per_class:
@@ -198,29 +203,33 @@ class Pipeline:
                 frames.append((grid[i + 1], to_uint8(x_t).cpu(), to_uint8(x0).cpu()))
 
         c, s = self.config.model.in_channels, self.config.model.image_size
-        chunks = []
-        for j, start in enumerate(range(0, cfg.n, cfg.batch_size)):
-            size = min(cfg.batch_size, cfg.n - start)
+        starts = range(0, cfg.n, cfg.batch_size)
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        chunks = {}
+        for j in range(rank, len(starts), world):  # under torchrun each process takes every world-th chunk
+            start, size = starts[j], min(cfg.batch_size, cfg.n - starts[j])
             g = torch.Generator(self.device).manual_seed(derive_seed(cfg.seed, j))
             x_T = torch.randn((size, c, s, s), generator=g, device=self.device)
             if j == 0 and keep:  # the first frame is the pure noise x_T; nothing is predicted yet
-                frames.append((grid[0], to_uint8(x_T).cpu(), torch.full_like(x_T, 0.0, dtype=torch.uint8).cpu() + 128))
-            chunks.append(
-                sample(
-                    self.model,
-                    self.schedule,
-                    x_T,
-                    prediction=self.config.prediction,
-                    cond=cond[start : start + size] if cond is not None else None,
-                    sampler=cfg.sampler,
-                    steps=cfg.steps,
-                    spacing=cfg.spacing,
-                    guidance=cfg.guidance,
-                    clip_x0=cfg.clip_x0,
-                    eta=cfg.eta,
-                    variance=cfg.variance,
-                    generator=g,
-                    callback=on_step if j == 0 and keep else None,
-                )
+                frames.append((grid[0], to_uint8(x_T).cpu(), torch.full_like(x_T, 128, dtype=torch.uint8).cpu()))
+            chunks[j] = sample(
+                self.model,
+                self.schedule,
+                x_T,
+                prediction=self.config.prediction,
+                cond=cond[start : start + size] if cond is not None else None,
+                sampler=cfg.sampler,
+                steps=cfg.steps,
+                spacing=cfg.spacing,
+                guidance=cfg.guidance,
+                clip_x0=cfg.clip_x0,
+                eta=cfg.eta,
+                variance=cfg.variance,
+                generator=g,
+                callback=on_step if j == 0 and keep else None,
             )
-        return Samples(torch.cat(chunks), cond, row_labels, nrow, frames)
+        if world > 1:  # every process ends with all the images, in chunk order (as one process would make them)
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, {j: x.cpu() for j, x in chunks.items()})
+            chunks = {j: x.to(self.device) for part in gathered for j, x in part.items()}
+        return Samples(torch.cat([chunks[j] for j in range(len(starts))]), cond, row_labels, nrow, frames)

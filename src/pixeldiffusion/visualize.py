@@ -232,7 +232,7 @@ def _plot_evaluations(ax: Axes, evaluations: list[dict], key: str, xlabel: str, 
     """Every metric of the evaluation lines that record `key`, against key / unit."""
     ax.set(title=f"evaluation against {xlabel}", xlabel=xlabel)
     points = [record for record in evaluations if key in record]
-    names = sorted({k for r in points for k, v in r.items() if k not in ("step", "elapsed_s") and _is_number(v)})
+    names = sorted({k for r in points for k, v in r.items() if k not in ("step", "elapsed_s", "n") and _is_number(v)})
     if not names:
         ax.text(0.5, 0.5, f"no evaluation with {xlabel} recorded", ha="center", va="center", transform=ax.transAxes)
         return

@@ -1,8 +1,9 @@
 """Verified downloads into the cache: official mirrors, published checksums, never a half-written file.
 
-A file is streamed into a temporary file beside its final place, checked against its published MD5, and only then
-renamed into place; an interrupted, truncated or corrupt transfer leaves nothing that looks like the file.
-Point `MIRRORS` elsewhere (e.g. an in-house mirror, or a test server) by editing its lists.
+A file is streamed into a temporary file beside its final place, checked against its published checksum (MD5 for
+the datasets, SHA-256 for network weights), and only then renamed into place; an interrupted, truncated or corrupt
+transfer leaves nothing that looks like the file. Point `MIRRORS` or `WEIGHTS` elsewhere (e.g. an in-house mirror,
+or a test server) by editing their lists.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ MD5: dict[str, dict[str, str]] = {  # dataset -> file name -> the checksum its p
     "cifar10": {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
 }
 
+WEIGHTS: dict[str, tuple[list[str], str]] = {  # weights file -> (base URLs tried in order, its SHA-256)
+    "pt_inception-2015-12-05-6726825d.pth": (  # pytorch-fid's port of the TensorFlow FID Inception
+        ["https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"],
+        "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+    ),
+}
+
 TIMEOUT = 30  # seconds a mirror may stay silent before it counts as down
 CHUNK = 1 << 20  # bytes read at a time
 
@@ -68,24 +76,50 @@ def fetch(dataset: str, names: Sequence[str]) -> list[Path]:
 
 
 def _fetch_one(dataset: str, path: Path, *, missing: list[str]) -> None:
+    failures = _from_mirrors(MIRRORS[dataset], path, algorithm="md5", checksum=MD5[dataset][path.name])
+    if failures:
+        raise PixelDiffusionError(
+            f"cannot download {dataset} ({'; '.join(failures)}); fetch {', '.join(missing)} "
+            f"from {' or '.join(MIRRORS[dataset])} into {path.parent}, or pass --data-dir DIR holding them"
+        )
+
+
+def weights_path(name: str) -> Path:
+    """Where a pinned weights file is kept: CACHE/weights/NAME."""
+    return cache_dir() / "weights" / name
+
+
+def fetch_weights(name: str) -> Path:
+    """The cached copy of a weights file of `WEIGHTS`, downloading it and checking its SHA-256 first if missing."""
+    path = weights_path(name)
+    if not path.exists():
+        mirrors, sha256 = WEIGHTS[name]
+        failures = _from_mirrors(mirrors, path, algorithm="sha256", checksum=sha256)
+        if failures:
+            raise PixelDiffusionError(
+                f"cannot download {name} ({'; '.join(failures)}); fetch it from {' or '.join(mirrors)} into {path}"
+            )
+    return path
+
+
+def _from_mirrors(mirrors: Sequence[str], path: Path, *, algorithm: str, checksum: str) -> list[str]:
+    """Download path.name from the first mirror that delivers a verified copy; returns the failures if none does."""
     failures = []
-    for mirror in MIRRORS[dataset]:
+    for mirror in mirrors:
         url = mirror + path.name
         try:
-            _download(url, path, md5=MD5[dataset][path.name])
-            return
+            _download(url, path, algorithm=algorithm, checksum=checksum)
+            return []
         except _TransferFailed as e:
             failures.append(f"{url}: {e}")
-    raise PixelDiffusionError(
-        f"cannot download {dataset} ({'; '.join(failures)}); fetch {', '.join(missing)} "
-        f"from {' or '.join(MIRRORS[dataset])} into {path.parent}, or pass --data-dir DIR holding them"
-    )
+    return failures
 
 
-def _download(url: str, path: Path, *, md5: str) -> None:
-    """Stream url into path through a temporary file, keeping it only if complete and matching md5."""
+def _download(url: str, path: Path, *, algorithm: str, checksum: str) -> None:
+    """Stream url into path through a temporary file, keeping it only if complete and its `algorithm` digest
+    (a hashlib name) is `checksum`."""
     request = urllib.request.Request(url, headers={"User-Agent": "pixeldiffusion"})
-    digest = hashlib.md5(usedforsecurity=False)
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with atomic_path(path) as temporary:
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT) as response, temporary.open("wb") as out:
@@ -100,5 +134,5 @@ def _download(url: str, path: Path, *, md5: str) -> None:
             raise _TransferFailed(str(e)) from e
         if expected is not None and received != expected:
             raise _TransferFailed(f"transfer interrupted after {received} of {expected} bytes")
-        if digest.hexdigest() != md5:
-            raise _TransferFailed(f"checksum mismatch: md5 {digest.hexdigest()}, published {md5}")
+        if digest.hexdigest() != checksum:
+            raise _TransferFailed(f"checksum mismatch: {algorithm} {digest.hexdigest()}, published {checksum}")

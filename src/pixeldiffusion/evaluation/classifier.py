@@ -130,6 +130,24 @@ def load_classifier(path: str | Path, *, device: str | torch.device = "cpu") -> 
     return TrainedClassifier(network.to(device).eval(), info, path, fingerprint)
 
 
+def find_classifier(
+    reference: Reference, *, path: str | Path | None = None, device: str | torch.device = "cpu"
+) -> TrainedClassifier:
+    """The classifier at `path` (default: `classifier_path`), checked to fit the reference; if there is none, a
+    one-line error giving the command that trains it."""
+    default = classifier_path(reference)
+    path = Path(path) if path else default
+    if not path.is_file():
+        out = "" if path == default else f" --out {path}"
+        raise PixelDiffusionError(
+            f"no classifier of {reference.data.dataset} at {reference.geometry} at {path}; "
+            f"train it with: {train_command(reference)}{out}"
+        )
+    classifier = load_classifier(path, device=device)
+    classifier.check_fits(reference)
+    return classifier
+
+
 def classifier_splits(reference: Reference, seed: int) -> tuple[ImageData, ImageData, str]:
     """(train, test, name of the test set): the dataset's own splits, or for a one-split dataset a seeded
     1/HOLD_OUT of it held out."""

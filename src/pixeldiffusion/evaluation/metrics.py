@@ -133,7 +133,7 @@ def class_coverage(predicted: torch.Tensor, num_classes: int) -> tuple[float, in
     """The entropy H = -sum_c p_c ln p_c (nats) of the histogram p of predicted classes, at most ln K when every
     class is equally frequent, and the number of classes present (p_c >= PRESENT_SHARE / K)."""
     p = torch.bincount(predicted.flatten().cpu(), minlength=num_classes).double() / predicted.numel()
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    entropy = (p[p > 0] * p[p > 0].reciprocal().log()).sum()  # sum p ln(1/p): +0, not -0, for a single class
     return float(entropy), int((p >= PRESENT_SHARE / num_classes).sum())
 
 

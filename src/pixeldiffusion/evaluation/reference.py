@@ -25,7 +25,9 @@ class Reference:
     @classmethod
     def of_run(cls, config: RunConfig, *, data_dir: str | None = None) -> Reference:
         """The dataset a run was trained on, at the run's resolution; data_dir overrides the one it recorded."""
-        return cls(config.data if data_dir is None else replace(config.data, data_dir=data_dir), config.model.image_size)
+        return cls(
+            config.data if data_dir is None else replace(config.data, data_dir=data_dir), config.model.image_size
+        )
 
     @classmethod
     def of_dataset(
@@ -54,7 +56,11 @@ class Reference:
     @property
     def name(self) -> str:
         """E.g. "mnist:test", or "digits:all (one split, no held-out images)"."""
-        return f"{self.data.dataset}:all (one split, no held-out images)" if self.one_split else f"{self.data.dataset}:test"
+        return (
+            f"{self.data.dataset}:all (one split, no held-out images)"
+            if self.one_split
+            else f"{self.data.dataset}:test"
+        )
 
     @property
     def geometry(self) -> str:

@@ -1,0 +1,102 @@
+"""Sample quality during training: every `eval_every` steps, a small evaluation of the EMA weights in the dataset's
+classifier feature space, logged to metrics.jsonl (so quality can be read against steps and training time), and the
+checkpoint of the lowest Frechet distance kept as checkpoints/best.safetensors beside the latest ones.
+
+The evaluation runs between training steps, outside the span that `Trainer.run` adds to the training clock, so it
+does not count in `elapsed`. It is skipped while evaluating has taken more than BUDGET of the training time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tqdm import tqdm
+
+from pixeldiffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pixeldiffusion.config import RunConfig
+from pixeldiffusion.data import to_uint8
+from pixeldiffusion.evaluation.classifier import find_classifier
+from pixeldiffusion.evaluation.evaluate import log_evaluation, sampling_settings, score
+from pixeldiffusion.evaluation.reference import Reference
+from pixeldiffusion.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from pixeldiffusion.training import Trainer
+
+BUDGET = 0.05  # evaluations may take at most about this fraction of the training time
+FAST = {"sampler": "dpmpp_2m", "steps": 20}  # DPM-Solver++(2M): good samples in few network evaluations
+
+
+def best_path(run_dir: str | Path) -> Path:
+    """The checkpoint of the lowest Frechet distance measured during training (not one of the pruned step-* files)."""
+    return Path(run_dir) / "checkpoints" / "best.safetensors"
+
+
+def best_distance(path: Path) -> float:
+    """The Frechet distance recorded in a best checkpoint; infinity when there is none."""
+    try:
+        return float(load_checkpoint(path)[1]["eval"]["fd"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return math.inf
+
+
+def evaluation_callback(config: RunConfig) -> Callable[[Trainer], None]:
+    """A training callback evaluating config.train.eval_samples samples (FAST sampler, the run's guidance and seed)
+    every config.train.eval_every steps, on the main process only. Fails now, before any training, when the
+    dataset's classifier is missing, with the command that trains it."""
+    tc = config.train
+    reference = Reference.of_run(config)
+    classifier = find_classifier(reference)
+    spent, best, told = 0.0, None, False  # seconds spent evaluating in this session; the best distance so far
+
+    def evaluate(trainer: Trainer) -> None:
+        nonlocal spent, best, told
+        if not trainer.process.is_main or trainer.step % tc.eval_every:
+            return
+        if spent > BUDGET * trainer.elapsed:
+            if not told:
+                tqdm.write(
+                    f"step {trainer.step}: evaluation skipped, evaluating has taken {spent:.0f} s, more than "
+                    f"{BUDGET:.0%} of the training time; fewer --eval-samples make it cheaper"
+                )
+            told = True
+            return
+        start = time.perf_counter()
+        classifier.network.to(trainer.device)
+        pipe = Pipeline(
+            trainer.ema,
+            trainer.schedule,
+            trainer.config,
+            class_names=trainer.class_names,
+            context_names=trainer.context_names,
+        )
+        samples = pipe.sample(tc.eval_samples, **FAST)
+        evaluation = score(
+            to_uint8(samples.images),
+            reference=reference,
+            extractor=classifier,
+            classifier=classifier,
+            labels=samples.cond if pipe.conditioning == "class" else None,
+            device=trainer.device,
+        )
+        sampling = sampling_settings(pipe.config.sample) | FAST
+        record = log_evaluation(
+            trainer.run_dir, evaluation, step=trainer.step, elapsed=trainer.elapsed, sampling=sampling
+        )
+        path = best_path(trainer.run_dir)
+        best = best_distance(path) if best is None else best
+        if evaluation.fd < best:
+            best = evaluation.fd
+            tensors, meta = trainer.state()
+            save_checkpoint(path, tensors, {**meta, "eval": record})
+        spent += time.perf_counter() - start
+        tqdm.write(
+            f"step {trainer.step}: Frechet distance {evaluation.fd:.4g} ({evaluation.n} samples, {classifier.name}), "
+            f"best {best:.4g}; evaluating took {spent / max(trainer.elapsed, 1e-9):.1%} of the training time"
+        )
+
+    return evaluate

@@ -1,0 +1,294 @@
+"""Sample quality, end to end: images (sampled from a run, or read from a file) scored against a dataset's held-out
+split in one feature space, the API behind `pixeldiffusion eval`.
+
+Every score names the extractor and the reference set it was measured with and its sample count, and comes with
+warnings when the count is too small for it to be compared. A run's scores are appended to its metrics.jsonl as
+one line with "kind": "eval", at the step and training time of the checkpoint that was sampled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pixeldiffusion import checkpoint as ckpt
+from pixeldiffusion.config import SampleConfig
+from pixeldiffusion.data import to_model_range, to_uint8
+from pixeldiffusion.data.pictures import SUFFIXES, decode_pictures
+from pixeldiffusion.distributed import resolve_device
+from pixeldiffusion.errors import ConfigError, PixelDiffusionError
+from pixeldiffusion.evaluation.classifier import TrainedClassifier, classifier_path, find_classifier
+from pixeldiffusion.evaluation.inception import load_inception
+from pixeldiffusion.evaluation.metrics import (
+    Memorisation,
+    class_coverage,
+    frechet_distance,
+    kernel_inception_distance,
+    mean_and_covariance,
+    memorisation,
+    precision_recall,
+)
+from pixeldiffusion.evaluation.reference import Reference
+from pixeldiffusion.evaluation.statistics import Extractor, batched, reference_statistics
+from pixeldiffusion.pipeline import Pipeline
+
+FEATURES = ("classifier", "inception")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores of n images against a reference set, in one extractor's feature space."""
+
+    n: int
+    extractor: str
+    reference: str
+    fd: float  # Frechet distance
+    kid: float  # KID: mean of the unbiased MMD^2 over subsets
+    kid_std: float  # and its standard deviation over the subsets
+    precision: float
+    recall: float
+    memorisation: Memorisation
+    accuracy: float | None = None  # class-conditional images: the classifier's accuracy on the requested classes
+    class_entropy: float | None = None  # entropy (nats) of the predicted classes
+    classes_present: int | None = None
+    num_classes: int | None = None
+    warnings: tuple[str, ...] = ()
+
+    def record(self) -> dict:
+        """The JSON fields: the memorisation flattened (memorisation_median, ...), scores not measured left out."""
+        fields = {k: v for k, v in asdict(self).items() if v is not None and k not in ("memorisation", "num_classes")}
+        return {**fields, **{f"memorisation_{k}": v for k, v in asdict(self.memorisation).items()}}
+
+    def table(self) -> str:
+        """A few lines for a terminal."""
+        m = self.memorisation
+        rows = [
+            ("Frechet distance", f"{self.fd:.4g}"),
+            ("KID", f"{self.kid:.4g} ± {self.kid_std:.2g}"),
+            ("precision / recall", f"{self.precision:.3f} / {self.recall:.3f}"),
+        ]
+        if self.accuracy is not None:
+            rows.append(("class accuracy", f"{self.accuracy:.3f}"))
+        if self.class_entropy is not None:
+            k = self.num_classes
+            coverage = (
+                f"{self.class_entropy:.3f} nats of ln {k} = {math.log(k):.3f}; {self.classes_present}/{k} present"
+            )
+            rows.append(("class coverage", coverage))
+        nearest = (
+            f"median {m.median:.3f} (train spacing {m.train_median:.3f}); {m.fraction:.1%} within {m.threshold:.3f}"
+        )
+        rows.append(("nearest training image", nearest))
+        head = f"{self.n} images, features: {self.extractor}, reference: {self.reference}"
+        return "\n".join(
+            [head, *(f"  {name:<24}{value}" for name, value in rows), *(f"warning: {w}" for w in self.warnings)]
+        )
+
+
+def sample_warnings(n: int, reference_count: int, dim: int) -> tuple[str, ...]:
+    """Why scores of these counts cannot be compared with the literature (or with each other at another n)."""
+    warnings = []
+    if n < dim:
+        warnings.append(
+            f"{n} images < {dim} feature dimensions: their covariance is singular and the Frechet distance is "
+            "biased upwards; compare scores only at equal n"
+        )
+    if reference_count < dim:
+        warnings.append(f"the reference has only {reference_count} images < {dim} feature dimensions")
+    return tuple(warnings)
+
+
+def score(
+    images: torch.Tensor,
+    *,
+    reference: Reference,
+    extractor: Extractor,
+    classifier: TrainedClassifier | None = None,
+    labels: torch.Tensor | None = None,
+    device: torch.device,
+) -> Evaluation:
+    """Score uint8 images (N, C, H, W) against the reference: Frechet distance, KID, precision and recall in the
+    extractor's feature space (against the cached reference statistics), the distance of each image to its nearest
+    training image in pixel space, and, given a classifier, the class coverage of its predictions and, given the
+    requested labels, its accuracy."""
+    if len(images) < 2:
+        raise PixelDiffusionError(f"scoring needs at least 2 images, got {len(images)}")
+    expected = reference.held_out.shape
+    if tuple(images.shape[1:]) != expected:
+        raise PixelDiffusionError(
+            f"the images are {'x'.join(map(str, images.shape[1:]))} (channels x height x width), but "
+            f"{reference.data.dataset} at {reference.geometry} is {'x'.join(map(str, expected))}"
+        )
+    stats = reference_statistics(extractor, reference, device=device)
+    fake = batched(extractor.embed, images, device=device)
+    mu, sigma = mean_and_covariance(fake)
+    kid, kid_std = kernel_inception_distance(fake, stats.features)
+    m = min(len(fake), len(stats.features))  # precision and recall compare sets of equal size
+    real = stats.features[torch.randperm(len(stats.features), generator=torch.Generator().manual_seed(0))[:m]]
+    precision, recall = precision_recall(real, fake[:m])
+    train = reference.train.images
+    scores = {}
+    if classifier is not None:
+        predicted = batched(classifier.logits, images, device=device).argmax(1)
+        k = len(classifier.info.class_names)
+        entropy, present = class_coverage(predicted, k)
+        scores = {"class_entropy": entropy, "classes_present": present, "num_classes": k}
+        if labels is not None:
+            scores["accuracy"] = float((predicted == labels.cpu()).double().mean())
+    return Evaluation(
+        n=len(images),
+        extractor=extractor.name,
+        reference=f"{reference.name} at {reference.geometry}",
+        fd=frechet_distance(mu, sigma, stats.mu, stats.sigma),
+        kid=kid,
+        kid_std=kid_std,
+        precision=precision,
+        recall=recall,
+        memorisation=memorisation(to_model_range(images).flatten(1), to_model_range(train).flatten(1)),
+        warnings=sample_warnings(len(images), stats.count, fake.shape[1]),
+        **scores,
+    )
+
+
+def extractors(
+    features: str,
+    reference: Reference,
+    *,
+    inception_weights: str | Path | None = None,
+    classifier: str | Path | None = None,
+    device: torch.device,
+) -> tuple[Extractor, TrainedClassifier | None]:
+    """The feature extractor named by `features`, and the classifier that judges classes: required for classifier
+    features, else used when the reference has labels and a classifier was trained (or given)."""
+    if features not in FEATURES:
+        raise ConfigError(f"unknown features {features!r}; choose one of {', '.join(FEATURES)}")
+    labelled = reference.held_out.labels is not None
+    if features == "classifier" and not labelled:
+        raise PixelDiffusionError(
+            f"{reference.data.dataset} has no class labels, so no classifier to take features from: "
+            "use --features inception"
+        )
+    judge = None
+    if labelled and (features == "classifier" or classifier or classifier_path(reference).is_file()):
+        judge = find_classifier(reference, path=classifier, device=device)
+    return (judge if features == "classifier" else load_inception(inception_weights, device=device)), judge
+
+
+def log_evaluation(run_dir: str | Path, evaluation: Evaluation, *, step: int, elapsed: float, sampling: dict) -> dict:
+    """Append the scores to the run's metrics.jsonl as one "kind": "eval" line; returns it."""
+    record = {
+        "kind": "eval",
+        "step": step,
+        "elapsed_s": round(elapsed, 2),
+        **evaluation.record(),
+        "sampling": sampling,
+    }
+    with open(Path(run_dir) / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return record
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    n: int = 1000,
+    features: str = "classifier",
+    inception_weights: str | Path | None = None,
+    classifier: str | Path | None = None,
+    data_dir: str | None = None,
+    device: str = "auto",
+    **sampling,
+) -> tuple[Evaluation, dict]:
+    """Sample n images from the latest checkpoint of a run (every class in turn for a class-conditional model;
+    `sampling`: SampleConfig fields such as sampler, steps, guidance, seed), score them against the held-out split
+    of its dataset (read from data_dir if given) and log the scores; returns them and the logged line."""
+    path = ckpt.latest_checkpoint(run_dir)
+    _, meta = ckpt.load_checkpoint(path)
+    pipe = Pipeline.from_checkpoint(path, device=device)
+    reference = Reference.of_run(pipe.config, data_dir=data_dir)
+    extractor, judge = extractors(
+        features, reference, inception_weights=inception_weights, classifier=classifier, device=pipe.device
+    )
+    config = replace(pipe.config.sample, n=n, **sampling)
+    samples = pipe.sample(**asdict(config))
+    evaluation = score(
+        to_uint8(samples.images),
+        reference=reference,
+        extractor=extractor,
+        classifier=judge,
+        labels=samples.cond if pipe.conditioning == "class" else None,
+        device=pipe.device,
+    )
+    settings = sampling_settings(config)
+    return evaluation, log_evaluation(
+        run_dir, evaluation, step=meta["step"], elapsed=meta["elapsed"], sampling=settings
+    )
+
+
+def sampling_settings(config: SampleConfig) -> dict:
+    """What decides the quality of samples, for the log."""
+    return {k: getattr(config, k) for k in ("sampler", "steps", "guidance", "eta", "seed")}
+
+
+def evaluate_images(
+    path: str | Path,
+    *,
+    dataset: str,
+    data_dir: str | None = None,
+    pad: bool = False,
+    features: str = "classifier",
+    inception_weights: str | Path | None = None,
+    classifier: str | Path | None = None,
+    device: str = "auto",
+) -> Evaluation:
+    """Score images from anywhere against a dataset at their size (padded when pad): an .npz with a uint8 (N, H, W, C)
+    array "images" (and optionally the requested "labels"), as `pixeldiffusion sample --npz` writes, or a folder of
+    pictures (brought to the dataset's channels)."""
+    path, target = Path(path), resolve_device(device)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
+        if not files:
+            raise PixelDiffusionError(f"{path}: no PNG, JPEG or WebP pictures in it")
+        with Image.open(files[0]) as first:
+            size = first.width
+        reference = Reference.of_dataset(dataset, data_dir=data_dir, image_size=size, pad=pad)
+        channels = reference.held_out.shape[0]
+        images = torch.from_numpy(decode_pictures([(str(p), p) for p in files], size=size, channels=channels))
+        labels = None
+    else:
+        images, labels = read_npz(path)
+        reference = Reference.of_dataset(dataset, data_dir=data_dir, image_size=images.shape[-1], pad=pad)
+    extractor, judge = extractors(
+        features, reference, inception_weights=inception_weights, classifier=classifier, device=target
+    )
+    return score(images, reference=reference, extractor=extractor, classifier=judge, labels=labels, device=target)
+
+
+def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(uint8 images (N, C, H, W), labels or None) of an .npz holding "images" (N, H, W, C) and maybe "labels"."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            found = {name: arrays[name] for name in arrays.files}
+    except (OSError, ValueError) as e:
+        raise PixelDiffusionError(f"cannot read {path} as .npz: {e}") from e
+    images, labels = found.get("images"), found.get("labels")
+    if images is None:
+        raise PixelDiffusionError(
+            f"{path} has no array named 'images' (it has: {', '.join(found) or 'none'}); "
+            "expected uint8 (N, H, W, C) as `pixeldiffusion sample --npz` writes"
+        )
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or not len(images):
+        raise PixelDiffusionError(
+            f"{path}: 'images' is {images.dtype} {images.shape}; expected uint8 (N, H, W, C) with C 1 or 3"
+        )
+    if labels is not None and labels.shape != (len(images),):
+        raise PixelDiffusionError(f"{path}: {len(images)} images but 'labels' of shape {labels.shape}")
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), None if labels is None else torch.from_numpy(
+        labels
+    )
