@@ -1,0 +1,484 @@
+"""Speed of pixeldiffusion's U-Net next to diffusers' UNet2DModel at a matched configuration, in the same run.
+
+For each size: parameters and FLOPs per forward of both networks, then training images/s (the real
+`Trainer.train_step` against the equivalent diffusers step) and sampling images/s at an equal number of
+network evaluations (DDIM, 20 NFE), in fp32 and with bf16 autocast (and with torch.compile off and on, on
+CUDA), with the peak memory of each measurement, the achieved FLOP/s as a share of the machine's measured
+matmul peak, and the ratio ours / diffusers of every number. See benchmarks/README.md.
+
+    .venv/bin/python benchmarks/speed.py                  # all sizes, waits for an idle machine
+    .venv/bin/python benchmarks/speed.py --sizes tiny --repeats 1 --batch 2 --no-wait --no-memory  # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import diffusers
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.training_utils import EMAModel
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from pixeldiffusion.config import DataConfig, RunConfig, TrainConfig
+from pixeldiffusion.data import ImageData
+from pixeldiffusion.distributed import cpu_has_bf16, resolve_device
+from pixeldiffusion.models import UNet, UNetConfig, preset
+from pixeldiffusion.sampling import sample
+from pixeldiffusion.schedule import NoiseSchedule
+from pixeldiffusion.training import Trainer
+
+LIBRARIES = ("pixeldiffusion", "diffusers")
+PRECISIONS = ("fp32", "bf16")
+NFE = 20  # network evaluations per sampling run, for both libraries
+WARMUP = {"train": 3, "sample": 1}  # untimed runs before timing (the first training step allocates AdamW's state)
+POLL_S = 1.0  # window over which the CPU use of other processes is measured while waiting for an idle machine
+MIN_WINDOW_S = 0.5  # shortest window for the CPU use of others during a measurement (/proc/stat counts in 10 ms)
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Size:
+    config: UNetConfig
+    batch: int  # default images per training step and per sampling run
+    repeats: int  # default timed repeats
+
+
+SIZES = {
+    "mnist-small": Size(preset("digits", image_size=28), batch=64, repeats=10),  # the CPU model of the MNIST runs
+    "mnist": Size(preset("mnist"), batch=32, repeats=5),
+    "cifar10": Size(preset("cifar10"), batch=8, repeats=3),  # 35.7M parameters (DDPM)
+    "tiny": Size(preset("digits", image_size=8, base_channels=8), batch=4, repeats=3),  # smoke tests only
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement: a library doing one task at one size, precision and compilation setting."""
+
+    size: str
+    library: str
+    task: str  # "train": one optimizer step; "sample": one sampling run of NFE network evaluations
+    precision: str
+    compile: bool
+    batch: int
+    device: str  # "cpu" or "cuda"
+
+
+# -- the matched networks ----------------------------------------------------------------------------
+
+
+def diffusers_unet(config: UNetConfig) -> UNet2DModel:
+    """diffusers' UNet2DModel with the same architecture as UNet(config): same channels, blocks per level,
+    attention resolutions and heads, GroupNorm groups, time embedding, time injection and dropout."""
+    if config.block != "resnet" or config.linear_attention_resolutions or config.conditioning != "none":
+        raise ValueError("diffusers has a match only for unconditional ResNet U-Nets with full attention")
+    if config.stem_kernel != 3:
+        raise ValueError("diffusers' UNet2DModel has a 3x3 stem only")
+    channels = [config.base_channels * m for m in config.channel_mult]
+    attention = [config.image_size // 2**i in config.attention_resolutions for i in range(len(channels))]
+    head_dims = {c // config.attention_heads for c, a in zip(channels, attention, strict=True) if a}
+    head_dims.add(channels[-1] // config.attention_heads)  # the middle block's attention
+    if len(head_dims) > 1:
+        raise ValueError("diffusers' UNet2DModel has one attention head size for every level")
+    return UNet2DModel(
+        sample_size=config.image_size,
+        in_channels=config.in_channels,
+        out_channels=config.in_channels,
+        block_out_channels=tuple(channels),
+        layers_per_block=config.num_res_blocks,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+        attention_head_dim=head_dims.pop(),
+        norm_num_groups=config.norm_groups,
+        attn_norm_num_groups=config.norm_groups,  # else the middle attention has no GroupNorm under scale_shift
+        resnet_time_scale_shift="scale_shift" if config.injection == "scale_shift" else "default",
+        dropout=config.dropout,
+    )
+
+
+def build(library: str, config: UNetConfig, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return (UNet(config) if library == "pixeldiffusion" else diffusers_unet(config)).to(device)
+
+
+def count_flops(library: str, model: torch.nn.Module, config: UNetConfig, *, backward: bool) -> int:
+    """FLOPs of one forward (and backward) pass per image, counted by torch's FlopCounterMode. Attention runs
+    in the math backend while counting, since the counter has no formula for the fused CPU kernel."""
+    device = next(model.parameters()).device
+    x = torch.randn(1, config.in_channels, config.image_size, config.image_size, device=device)
+    t = torch.full((1,), 500, device=device)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        out = model(x, t) if library == "pixeldiffusion" else model(x, t).sample
+        if backward:
+            out.square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+# -- one unit of work per case -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RandomImages(DataConfig):
+    """Random uint8 pictures made in memory, so that the real Trainer runs without a dataset on disk."""
+
+    dataset: str = "random"
+    count: int = 64
+
+    def load(self, split: str, image_size: int) -> ImageData:
+        g = torch.Generator().manual_seed(0)
+        shape = (self.count, self.channels, image_size, image_size)
+        return ImageData(name="random", images=torch.randint(0, 256, shape, dtype=torch.uint8, generator=g))
+
+
+def make_work(case: Case) -> Callable[[], object]:
+    """Build the case's model and return a function doing one unit of its work."""
+    config, device = SIZES[case.size].config, torch.device(case.device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.precision == "bf16")
+    shape = (case.batch, config.in_channels, config.image_size, config.image_size)
+
+    if case.task == "train" and case.library == "pixeldiffusion":
+        run = RunConfig(
+            data=RandomImages(channels=config.in_channels, count=4 * case.batch),
+            model=config,
+            train=TrainConfig(
+                batch_size=case.batch, device=case.device, precision=case.precision, compile=case.compile
+            ),
+        )
+        trainer = Trainer(run, Path(tempfile.gettempdir()) / "pixeldiffusion-benchmark")  # writes nothing there
+        trainer.model.train()
+        return trainer.train_step
+
+    model = build(case.library, config, device)
+    net = torch.compile(model) if case.compile else model
+
+    if case.task == "train":  # diffusers' examples/unconditional_image_generation step, with Trainer's optimizer
+        model.train()
+        scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        ema = EMAModel(model.parameters(), foreach=True)
+        clean = torch.rand(shape, device=device) * 2 - 1
+
+        def train_step() -> None:
+            noise = torch.randn_like(clean)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (case.batch,), device=device)
+            with autocast:
+                loss = F.mse_loss(net(scheduler.add_noise(clean, noise, t), t).sample.float(), noise)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.step(model.parameters())
+
+        return train_step
+
+    model.eval()
+    x_T = torch.randn(shape, device=device, generator=torch.Generator(device).manual_seed(0))
+    if case.library == "pixeldiffusion":
+        schedule = NoiseSchedule.from_config().to(device)
+
+        def sample_ours() -> torch.Tensor:
+            with autocast:
+                return sample(net, schedule, x_T, prediction="eps", sampler="ddim", steps=NFE)
+
+        return sample_ours
+
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", timestep_spacing="trailing")
+
+    def sample_diffusers() -> torch.Tensor:
+        scheduler.set_timesteps(NFE, device=device)
+        x = x_T
+        with torch.inference_mode(), autocast:
+            for t in scheduler.timesteps:
+                x = scheduler.step(net(x, t).sample, t, x).prev_sample
+        return x
+
+    return sample_diffusers
+
+
+# -- an idle machine ---------------------------------------------------------------------------------
+
+
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process's threads, wall seconds)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), time.process_time(), time.perf_counter()
+
+
+def others_cpu(start: tuple[float, float, float], end: tuple[float, float, float]) -> float:
+    """Cores kept busy by other processes between two snapshots."""
+    busy, own, wall = (e - s for s, e in zip(start, end, strict=True))
+    return max(busy - own, 0.0) / wall
+
+
+def wait_for_idle(max_load: float, timeout: float, *, loadavg: bool) -> bool:
+    """Wait until other processes use at most max_load cores (and, with `loadavg`, the 1-minute load average
+    is at most max_load too); False if still busy after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        start = cpu_snapshot()
+        time.sleep(POLL_S)
+        if others_cpu(start, cpu_snapshot()) <= max_load and (not loadavg or os.getloadavg()[0] <= max_load):
+            return True
+        if time.monotonic() > deadline:
+            return False
+
+
+# -- measurements ------------------------------------------------------------------------------------
+
+
+def timed(work: Callable[[], object], *, warmup: int, repeats: int, device: torch.device, max_load: float) -> dict:
+    """Seconds per run of `work` over `repeats` timed runs after `warmup` untimed ones, with the load of the
+    machine around them; the result is void when other processes used more than max_load cores meanwhile
+    (measured over at least MIN_WINDOW_S)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    for _ in range(warmup):
+        work()
+    sync()
+    loadavg_before, start, times = os.getloadavg()[0], cpu_snapshot(), []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        work()
+        sync()
+        times.append(time.perf_counter() - begin)
+    time.sleep(max(0.0, start[2] + MIN_WINDOW_S - time.perf_counter()))
+    busy = others_cpu(start, cpu_snapshot())
+    median = statistics.median(times)
+    return {
+        "median_s": median,
+        "min_s": min(times),
+        "max_s": max(times),
+        "spread": (max(times) - min(times)) / median,
+        "times_s": times,
+        "load": {"loadavg_before": loadavg_before, "loadavg_after": os.getloadavg()[0], "others_cpu": busy},
+        "void": busy > max_load,
+    }
+
+
+def peak_flops(device: torch.device, size: int, repeats: int, max_load: float) -> dict:
+    """The machine's matmul FLOP/s in fp32 and bf16: the best of several size x size products."""
+    result = {"matmul_size": size}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+        timing = timed(lambda a=a, b=b: a @ b, warmup=1, repeats=max(repeats, 3), device=device, max_load=max_load)
+        result[precision] = {"flop_per_s": 2 * size**3 / timing["min_s"], **timing}
+    return result
+
+
+def memory_probe(case: Case) -> dict:
+    """Peak memory of the case, run in a fresh process: the high-water mark over the first units of work
+    (training: two steps, so AdamW's state is included), in total and above what was held once the model,
+    optimizer and data were built. CPU: resident set size (Linux); CUDA: torch's allocator."""
+    work = make_work(case)
+    gc.collect()
+    if case.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = rss_bytes("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    for _ in range(2 if case.task == "train" else 1):
+        work()
+    if case.device == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = rss_bytes("VmHWM")
+    return {"peak_mib": peak / 2**20, "above_setup_mib": (peak - base) / 2**20}
+
+
+def rss_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS: now, VmHWM: high-water mark), in bytes."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def peak_memory(case: Case) -> dict:
+    """`memory_probe` in a fresh interpreter, so nothing measured before shares its allocator."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(memory_probe, case).result()
+
+
+def public(config: dict) -> dict:
+    """A diffusers model configuration without its private keys."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def ratio(ours: float | None, theirs: float | None) -> float | None:
+    return ours / theirs if ours is not None and theirs else None
+
+
+def measure(case: Case, repeats: int, flops_per_image: int, peak: dict, args: argparse.Namespace) -> dict:
+    """Time one case once the machine is idle; images/s, FLOP/s and its share of the matmul peak, peak memory."""
+    idle = args.no_wait or wait_for_idle(args.max_load, args.wait_timeout, loadavg=False)
+    device = torch.device(case.device)
+    timing = timed(make_work(case), warmup=WARMUP[case.task], repeats=repeats, device=device, max_load=args.max_load)
+    gc.collect()
+    timing["load"]["idle_wait"] = "skipped" if args.no_wait else "idle" if idle else "timed out"
+    flop_per_s = flops_per_image * case.batch / timing["median_s"]
+    return {
+        "images_per_s": case.batch / timing["median_s"],
+        "flop_per_s": flop_per_s,
+        "peak_share": flop_per_s / peak[case.precision]["flop_per_s"],
+        **timing,
+        "memory": peak_memory(case) if args.memory else None,
+    }
+
+
+def bench_size(name: str, args: argparse.Namespace, device: torch.device, peak: dict) -> dict:
+    """Every row of one size, both libraries side by side with their ratios."""
+    size = SIZES[name]
+    config, batch, repeats = size.config, args.batch or size.batch, args.repeats or size.repeats
+    models = {library: build(library, config, device) for library in LIBRARIES}
+    params = {library: sum(p.numel() for p in m.parameters()) for library, m in models.items()}
+    flops = {
+        task: {library: count_flops(library, m, config, backward=task == "train") for library, m in models.items()}
+        for task in ("forward", "train")
+    }
+    del models
+    log(
+        f"{name}: parameters {params['pixeldiffusion']:,} / {params['diffusers']:,} (diffusers), "
+        f"FLOPs per forward {flops['forward']['pixeldiffusion']:.4g} / {flops['forward']['diffusers']:.4g}"
+    )
+    rows = []
+    for task in ("train", "sample"):
+        for precision in PRECISIONS:
+            for compiled in (False, True) if device.type == "cuda" else (False,):
+                row = {"task": task, "precision": precision, "compile": compiled}
+                for library in LIBRARIES:
+                    per_image = flops["train"][library] if task == "train" else NFE * flops["forward"][library]
+                    case = Case(name, library, task, precision, compiled, batch, device.type)
+                    row[library] = measure(case, repeats, per_image, peak, args)
+                ours, theirs = row["pixeldiffusion"], row["diffusers"]
+                row["void"] = ours["void"] or theirs["void"]
+                row["ratio"] = {
+                    "images_per_s": ratio(ours["images_per_s"], theirs["images_per_s"]),
+                    "peak_memory": ratio(*((r["memory"] or {}).get("above_setup_mib") for r in (ours, theirs))),
+                }
+                log(
+                    f"{name} {task} {precision}{' compiled' if compiled else ''}: "
+                    f"{ours['images_per_s']:.1f} / {theirs['images_per_s']:.1f} img/s (diffusers), "
+                    f"ratio {row['ratio']['images_per_s']:.2f}{'  VOID: the machine was busy' if row['void'] else ''}"
+                )
+                rows.append(row)
+    return {
+        "config": {"pixeldiffusion": dataclasses.asdict(config), "diffusers": public(diffusers_unet(config).config)},
+        "batch": batch,
+        "repeats": repeats,
+        "nfe": NFE,
+        "params": {**params, "ratio": ratio(params["pixeldiffusion"], params["diffusers"])},
+        "flops_per_image": {
+            task: {**per_library, "ratio": ratio(per_library["pixeldiffusion"], per_library["diffusers"])}
+            for task, per_library in flops.items()
+        },
+        "rows": rows,
+    }
+
+
+# -- the report --------------------------------------------------------------------------------------
+
+
+def host_info(device: torch.device) -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model_name = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line), None)
+    status = git("status", "--porcelain")
+    return {
+        "hostname": platform.node(),
+        "cpu": model_name,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_bf16": cpu_has_bf16(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "pixeldiffusion_commit": git("rev-parse", "HEAD"),
+        "pixeldiffusion_dirty": None if status is None else bool(status),  # uncommitted changes in the checkout
+    }
+
+
+def git(*args: str) -> str | None:
+    """The output of a read-only git command in this checkout; None without git or outside a checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), *args], capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="mnist-small,mnist,cifar10", help=f"comma-separated, of {', '.join(SIZES)}")
+    parser.add_argument("--repeats", type=int, help="timed runs per measurement (default: per size)")
+    parser.add_argument("--batch", type=int, help="images per training step and sampling run (default: per size)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--out", type=Path, help="JSON file to write (default: results/DATE-HOST.json)")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine")
+    parser.add_argument("--max-load", type=float, default=0.2, help="cores other processes may use (default 0.2)")
+    parser.add_argument("--wait-timeout", type=float, default=900, help="seconds to wait for idle (default 900)")
+    parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="peak memory probes")
+    parser.add_argument("--matmul-size", type=int, default=4096, help="matrix size of the peak FLOP/s measurement")
+    args = parser.parse_args(argv)
+    args.sizes = args.sizes.split(",")
+    if unknown := set(args.sizes) - set(SIZES):
+        parser.error(f"unknown size(s) {', '.join(sorted(unknown))}; choose from {', '.join(SIZES)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark, print its JSON report to stdout, write it to --out and return it."""
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    started = datetime.now()
+    if not args.no_wait and not wait_for_idle(args.max_load, args.wait_timeout, loadavg=True):
+        log(f"the machine is still busy after {args.wait_timeout:.0f} s; measuring anyway (busy rows are void)")
+    peak = peak_flops(device, args.matmul_size, args.repeats or 5, args.max_load)
+    fp32, bf16 = (peak[p]["flop_per_s"] / 1e9 for p in PRECISIONS)
+    log(f"peak matmul: {fp32:.1f} GFLOP/s fp32, {bf16:.1f} GFLOP/s bf16")
+    report = {
+        "schema": 1,
+        "created": started.isoformat(timespec="seconds"),
+        "host": host_info(device),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "peak": peak,
+        "sizes": {name: bench_size(name, args, device, peak) for name in args.sizes},
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    out = args.out or RESULTS / f"{started:%Y-%m-%d-%H%M%S}-{platform.node()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    log(f"written to {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The speed benchmark (benchmarks/speed.py) runs end to end on a tiny model; no time is asserted."""
+
+import importlib
+import json
+
+import torch
+
+from conftest import REPO
+
+
+def test_speed_benchmark_reports_every_row_for_matched_models(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    speed = importlib.import_module("speed")
+    monkeypatch.setattr(speed, "MIN_WINDOW_S", 0.0)  # no need to measure the load of others precisely here
+    out = tmp_path / "result.json"
+    argv = ["--sizes", "tiny", "--repeats", "1", "--batch", "2", "--no-wait", "--no-memory", "--matmul-size", "256"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # quick even on a busy shared machine
+    try:
+        speed.main([*argv, "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+
+    report = json.loads(out.read_text())
+    assert {"schema", "created", "host", "settings", "peak", "sizes"} <= set(report)
+    assert report["peak"]["fp32"]["flop_per_s"] > 0 and report["peak"]["bf16"]["flop_per_s"] > 0
+    tiny = report["sizes"]["tiny"]
+    assert {"config", "batch", "repeats", "nfe", "params", "flops_per_image", "rows"} <= set(tiny)
+    assert abs(tiny["params"]["ratio"] - 1) < 0.1
+    assert tiny["flops_per_image"]["forward"]["pixeldiffusion"] > 0
+    assert [(r["task"], r["precision"]) for r in tiny["rows"]] == [
+        ("train", "fp32"),
+        ("train", "bf16"),
+        ("sample", "fp32"),
+        ("sample", "bf16"),
+    ]
+    for row in tiny["rows"]:
+        assert {"compile", "void", "ratio"} <= set(row) and {"images_per_s", "peak_memory"} <= set(row["ratio"])
+        for library in ("pixeldiffusion", "diffusers"):
+            measured = row[library]
+            assert {"images_per_s", "flop_per_s", "peak_share", "median_s", "spread", "times_s", "memory"} <= set(
+                measured
+            )
+            assert {"loadavg_before", "loadavg_after", "others_cpu", "idle_wait"} <= set(measured["load"])
+            assert isinstance(measured["void"], bool)
+
+    probe = speed.memory_probe(speed.Case("tiny", "diffusers", "train", "fp32", False, 2, "cpu"))
+    assert set(probe) == {"peak_mib", "above_setup_mib"}
+
+    for name in ("mnist-small", "mnist", "cifar10"):  # the benchmark's real sizes are matched too
+        with torch.device("meta"):
+            ours, theirs = (speed.build(library, speed.SIZES[name].config, "meta") for library in speed.LIBRARIES)
+        n_ours, n_theirs = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))
+        assert abs(n_ours / n_theirs - 1) < 0.1, name
