@@ -1,5 +1,7 @@
 """Multi-process training with torchrun (gloo on CPU) equals single-process training with the same global batch."""
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -7,6 +9,7 @@ import pytest
 import torch
 
 from pixeldiffusion.checkpoint import latest_checkpoint, load_checkpoint
+from pixeldiffusion.evaluation.classifier import train_classifier
 
 TINY = ["--base-channels", "8", "--norm-groups", "4", "--attention-heads", "1", "--batch-size", "16",
         "--log-every", "1", "--precision", "fp32", "--sample-steps", "2", "--warmup-steps", "2",
@@ -55,8 +58,6 @@ def test_only_the_main_process_writes(runs):
 
 
 def test_a_two_process_run_resumes_on_two_or_one_processes(runs, tmp_path):
-    import shutil
-
     for processes in (2, 1):
         copy = tmp_path / f"resume{processes}"
         shutil.copytree(runs / "two", copy)
@@ -77,3 +78,19 @@ def test_sampling_is_shared_out_over_processes_and_equals_one_process(runs, tmp_
         assert sorted(p.name for p in out.iterdir()) == ["grid.png", "images.npz"]
     assert (tmp_path / "1" / "grid.png").read_bytes() == (tmp_path / "2" / "grid.png").read_bytes()
     assert (tmp_path / "1" / "images.npz").read_bytes() == (tmp_path / "2" / "images.npz").read_bytes()
+
+
+def test_eval_shares_sampling_out_and_logs_once(runs, tmp_path, monkeypatch):
+    """`eval` under torchrun: the same scores as one process, and one line in metrics.jsonl, not one per rank."""
+    monkeypatch.setenv("PIXELDIFFUSION_CACHE", str(tmp_path / "cache"))
+    train_classifier("digits", epochs=1, widths=(8, 16))
+    lines = {}
+    for processes in (1, 2):
+        copy = tmp_path / f"run{processes}"
+        shutil.copytree(runs / "single", copy)
+        launch(processes, "--run", str(copy), "--n", "12", "--batch-size", "4", "--steps", "2", command="eval")
+        evals = [r for r in map(json.loads, (copy / "metrics.jsonl").read_text().splitlines()) if r.get("kind")]
+        assert len(evals) == 1, evals
+        lines[processes] = evals[0]
+    assert lines[1]["fd"] == pytest.approx(lines[2]["fd"], rel=1e-6)
+    assert lines[1]["accuracy"] == lines[2]["accuracy"]

@@ -189,15 +189,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     if bool(args.run) == bool(args.images):
         raise PixelDiffusionError("give exactly one of --run DIR and --images FILE.npz|DIR")
+    process = distributed.setup(args.device) if args.run else None  # under torchrun, the sampling is shared out
     common = dict(
         features=args.features,
         inception_weights=args.inception_weights,
         classifier=args.classifier,
         data_dir=args.data_dir,
-        device=args.device,
+        device=process.device if process else args.device,
     )
     if args.run:
         evaluation, record = evaluate_run(args.run, n=args.n, **common, **overrides(args, SampleConfig))
+        if process.world_size > 1:
+            torch.distributed.destroy_process_group()
+        if not process.is_main:
+            return
         settings = ", ".join(f"{k} {v}" for k, v in record["sampling"].items())
         print(f"{args.run} at step {record['step']} ({record['elapsed_s'] / 60:.1f} training minutes); {settings}")
     else:

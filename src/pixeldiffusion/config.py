@@ -201,11 +201,18 @@ def field_type(cls: type, name: str) -> type:
     return typing.get_origin(kind) or kind
 
 
-# The recipe of each dataset: which U-Net preset, resolution and training length suit it.
+# The recipe of each dataset: which U-Net preset, resolution and training length suit it. MNIST and Fashion-MNIST
+# default to the digits network at 28 pixels (1.1M parameters, about 250 images/s on 2 CPU cores): the 6.9M-parameter
+# "mnist" preset trains about 8x slower on a CPU and is the one to choose on a GPU (--preset mnist).
 RECIPES: dict[str, dict[str, Any]] = {
     "digits": {"preset": "digits", "train": {"batch_size": 64, "lr": 1e-3, "max_steps": 2000}},
-    "mnist": {"preset": "mnist", "train": {"batch_size": 128, "lr": 5e-4, "max_steps": 20000}},
-    "fashion-mnist": {"preset": "mnist", "data": {"hflip": True}, "train": {"lr": 5e-4, "max_steps": 20000}},
+    "mnist": {"preset": "digits", "model": {"image_size": 28}, "train": {"lr": 1e-3, "max_steps": 20000}},
+    "fashion-mnist": {
+        "preset": "digits",
+        "model": {"image_size": 28},
+        "data": {"hflip": True},
+        "train": {"lr": 1e-3, "max_steps": 20000},
+    },
     "cifar10": {"preset": "cifar10", "data": {"hflip": True}, "train": {"lr": 2e-4, "max_steps": 800_000}},
     "sprites": {"preset": "sprites", "train": {"lr": 1e-3}},
 }
@@ -216,6 +223,6 @@ def default_config(dataset: str = "digits", *, model_preset: str | None = None) 
     recipe = RECIPES.get(dataset, {"preset": "digits"})
     return RunConfig(
         data=replace(DataConfig(dataset=dataset), **recipe.get("data", {})),
-        model=preset(model_preset or recipe["preset"]),
+        model=preset(model_preset) if model_preset else preset(recipe["preset"], **recipe.get("model", {})),
         train=replace(TrainConfig(), **recipe.get("train", {})),
     )

@@ -18,7 +18,7 @@ from pixeldiffusion.data import to_uint8
 from pixeldiffusion.distributed import resolve_device
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.models import UNet
-from pixeldiffusion.sampling import sample, timestep_grid
+from pixeldiffusion.sampling import Callback, sample, timestep_grid
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.seeding import derive_seed
 from pixeldiffusion.visualize import (
@@ -177,10 +177,12 @@ class Pipeline:
         context=None,
         per_class: int | None = None,
         record: int = 0,
+        callback: Callback | None = None,
         **overrides,
     ) -> Samples:
         """Generate images. Overrides are SampleConfig fields (sampler, steps, eta, guidance, seed, ...);
-        per_class=K makes one row of K images per class; record=F keeps F evenly spaced denoising frames.
+        per_class=K makes one row of K images per class; record=F keeps F evenly spaced denoising frames;
+        callback(i, t, x_t, x0) sees every step of the first batch as it is computed (see `sampling`).
         Under torchrun the batches are shared out over the processes and gathered: every process returns all the
         images, the same as one process would make."""
         cfg: SampleConfig = replace(self.config.sample, **({"n": n} if n else {}), **overrides)
@@ -201,6 +203,8 @@ class Pipeline:
         def on_step(i, t, x_t, x0):
             if i in keep:
                 frames.append((grid[i + 1], to_uint8(x_t).cpu(), to_uint8(x0).cpu()))
+            if callback is not None:
+                callback(i, t, x_t, x0)
 
         c, s = self.config.model.in_channels, self.config.model.image_size
         starts = range(0, cfg.n, cfg.batch_size)
@@ -226,7 +230,7 @@ class Pipeline:
                 eta=cfg.eta,
                 variance=cfg.variance,
                 generator=g,
-                callback=on_step if j == 0 and keep else None,
+                callback=on_step if j == 0 and (keep or callback) else None,
             )
         if world > 1:  # every process ends with all the images, in chunk order (as one process would make them)
             gathered: list = [None] * world

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pixeldiffusion.errors import PixelDiffusionError
-from pixeldiffusion.pipeline import Pipeline
 
 if TYPE_CHECKING:  # hints only: tensorboard is optional, and training may come to import this module
     from torch.utils.tensorboard import SummaryWriter
@@ -70,12 +69,5 @@ def _add_scalars(writer: SummaryWriter, record: dict) -> None:
 
 def _add_samples(writer: SummaryWriter, trainer: Trainer) -> None:
     """A grid of samples from the EMA weights with the run's sampling settings (every class in turn)."""
-    pipe = Pipeline(
-        trainer.ema,
-        trainer.schedule,
-        trainer.config,
-        class_names=trainer.class_names,
-        context_names=trainer.context_names,
-    )
-    grid = pipe.sample(SAMPLES).grid().convert("RGB")
+    grid = trainer.pipeline().sample(SAMPLES).grid().convert("RGB")
     writer.add_image("samples", np.asarray(grid), trainer.step, dataformats="HWC")

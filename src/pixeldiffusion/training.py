@@ -38,6 +38,7 @@ from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.models import UNet
 from pixeldiffusion.models.embeddings import drop_condition
 from pixeldiffusion.objectives import denoising_loss
+from pixeldiffusion.pipeline import Pipeline
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.seeding import derive_seed
 
@@ -302,6 +303,12 @@ class Trainer:
         self.step, self.elapsed = int(meta["step"]), float(meta["elapsed"])
         self.skipped.fill_(int(meta.get("skipped_steps", 0)))
 
+    def pipeline(self) -> Pipeline:
+        """The EMA weights ready to sample, with the run's schedule, configuration and class names."""
+        return Pipeline(
+            self.ema, self.schedule, self.config, class_names=self.class_names, context_names=self.context_names
+        )
+
     # -- the loop ----------------------------------------------------------------------------------
 
     def done(self) -> bool:
@@ -420,8 +427,6 @@ def train(
     models) and an animation of their denoising with the EMA weights. With config.train.eval_every, sample
     quality is evaluated during training (`evaluation.callback`). Returns None on processes other than the
     main one."""
-    from pixeldiffusion.pipeline import Pipeline
-
     if config.train.eval_every:  # fails here, before any training, when the dataset's classifier is missing
         from pixeldiffusion.evaluation.callback import evaluation_callback
 
@@ -432,13 +437,7 @@ def train(
         dist.destroy_process_group()
     if not trainer.process.is_main:
         return None
-    pipe = Pipeline(
-        trainer.ema,
-        trainer.schedule,
-        trainer.config,
-        class_names=trainer.class_names,
-        context_names=trainer.context_names,
-    )
+    pipe = trainer.pipeline()
     classes = trainer.config.model.num_classes
     png, gif = trainer.run_dir / "samples.png", trainer.run_dir / "denoising.gif"
     pipe.sample(per_class=8 if classes else None).save(png)

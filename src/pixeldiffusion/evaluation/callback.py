@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,11 +19,9 @@ from tqdm import tqdm
 
 from pixeldiffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pixeldiffusion.config import RunConfig
-from pixeldiffusion.data import to_uint8
 from pixeldiffusion.evaluation.classifier import find_classifier
-from pixeldiffusion.evaluation.evaluate import log_evaluation, sampling_settings, score
+from pixeldiffusion.evaluation.evaluate import log_evaluation, sample_and_score, sampling_settings
 from pixeldiffusion.evaluation.reference import Reference
-from pixeldiffusion.pipeline import Pipeline
 
 if TYPE_CHECKING:
     from pixeldiffusion.training import Trainer
@@ -67,23 +66,10 @@ def evaluation_callback(config: RunConfig) -> Callable[[Trainer], None]:
             return
         start = time.perf_counter()
         classifier.network.to(trainer.device)
-        pipe = Pipeline(
-            trainer.ema,
-            trainer.schedule,
-            trainer.config,
-            class_names=trainer.class_names,
-            context_names=trainer.context_names,
-        )
-        samples = pipe.sample(tc.eval_samples, **FAST)
-        evaluation = score(
-            to_uint8(samples.images),
-            reference=reference,
-            extractor=classifier,
-            classifier=classifier,
-            labels=samples.cond if pipe.conditioning == "class" else None,
-            device=trainer.device,
-        )
-        sampling = sampling_settings(pipe.config.sample) | FAST
+        pipe = trainer.pipeline()
+        sampling = replace(pipe.config.sample, n=tc.eval_samples, **FAST)
+        evaluation = sample_and_score(pipe, sampling, reference=reference, extractor=classifier, classifier=classifier)
+        sampling = sampling_settings(sampling)
         record = log_evaluation(
             trainer.run_dir, evaluation, step=trainer.step, elapsed=trainer.elapsed, sampling=sampling
         )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
 
 from pixeldiffusion import checkpoint as ckpt
@@ -156,6 +157,27 @@ def score(
     )
 
 
+def sample_and_score(
+    pipe: Pipeline,
+    config: SampleConfig,
+    *,
+    reference: Reference,
+    extractor: Extractor,
+    classifier: TrainedClassifier | None,
+) -> Evaluation:
+    """Sample config.n images with these settings (every class in turn for a class-conditional model) and `score`
+    them, the requested classes given to the classifier."""
+    samples = pipe.sample(**asdict(config))
+    return score(
+        to_uint8(samples.images),
+        reference=reference,
+        extractor=extractor,
+        classifier=classifier,
+        labels=samples.cond if pipe.conditioning == "class" else None,
+        device=pipe.device,
+    )
+
+
 def extractors(
     features: str,
     reference: Reference,
@@ -202,12 +224,13 @@ def evaluate_run(
     inception_weights: str | Path | None = None,
     classifier: str | Path | None = None,
     data_dir: str | None = None,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     **sampling,
 ) -> tuple[Evaluation, dict]:
     """Sample n images from the latest checkpoint of a run (every class in turn for a class-conditional model;
     `sampling`: SampleConfig fields such as sampler, steps, guidance, seed), score them against the held-out split
-    of its dataset (read from data_dir if given) and log the scores; returns them and the logged line."""
+    of its dataset (read from data_dir if given) and log the scores; returns them and the logged line. Under
+    torchrun the processes share the sampling out and rank 0 logs."""
     path = ckpt.latest_checkpoint(run_dir)
     _, meta = ckpt.load_checkpoint(path)
     pipe = Pipeline.from_checkpoint(path, device=device)
@@ -216,19 +239,11 @@ def evaluate_run(
         features, reference, inception_weights=inception_weights, classifier=classifier, device=pipe.device
     )
     config = replace(pipe.config.sample, n=n, **sampling)
-    samples = pipe.sample(**asdict(config))
-    evaluation = score(
-        to_uint8(samples.images),
-        reference=reference,
-        extractor=extractor,
-        classifier=judge,
-        labels=samples.cond if pipe.conditioning == "class" else None,
-        device=pipe.device,
-    )
-    settings = sampling_settings(config)
-    return evaluation, log_evaluation(
-        run_dir, evaluation, step=meta["step"], elapsed=meta["elapsed"], sampling=settings
-    )
+    evaluation = sample_and_score(pipe, config, reference=reference, extractor=extractor, classifier=judge)
+    record = {"step": meta["step"], "elapsed": meta["elapsed"], "sampling": sampling_settings(config)}
+    if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun the processes shared the sampling out
+        return evaluation, record
+    return evaluation, log_evaluation(run_dir, evaluation, **record)
 
 
 def sampling_settings(config: SampleConfig) -> dict:

@@ -4,14 +4,13 @@ spaced intermediates handed to a callback while they are computed."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from pixeldiffusion.data import to_uint8
 from pixeldiffusion.pipeline import Pipeline
-from pixeldiffusion.sampling import sample, timestep_grid
-from pixeldiffusion.seeding import derive_seed
+from pixeldiffusion.sampling import timestep_grid
 from pixeldiffusion.serve.request import GenerateRequest
 
 FRAMES = 40  # intermediates shown per generation, at most
@@ -31,41 +30,25 @@ class Frame:
 def generate(
     pipe: Pipeline, request: GenerateRequest, *, on_frame: Callable[[Frame], None], frames: int = FRAMES
 ) -> torch.Tensor:
-    """The request's images, uint8 (N, C, H, W), equal to `pipe.sample(...)`'s for the same settings (one batch:
+    """The request's images, uint8 (N, C, H, W), those of `pipe.sample(...)` for the same settings (one batch:
     requests hold at most 16 images); `on_frame` sees `frames` evenly spaced intermediates, the last included."""
-    cfg = replace(
-        pipe.config.sample,
-        sampler=request.sampler,
-        steps=request.steps,
-        guidance=request.guidance,
-        seed=request.seed,
-        n=request.n,
-    )
-    cond = pipe.conditions(cfg.n, None if request.label is None else [request.label], request.context)
-    grid = timestep_grid(pipe.schedule, cfg.steps, cfg.spacing)
-    shown = {round(k * (cfg.steps - 1) / max(frames - 1, 1)) for k in range(frames)}
+    steps = request.steps
+    grid = timestep_grid(pipe.schedule, steps, pipe.config.sample.spacing)
+    shown = {round(k * (steps - 1) / max(frames - 1, 1)) for k in range(frames)}
 
     def on_step(i: int, t: int, x_t: torch.Tensor, x0: torch.Tensor) -> None:
         if i in shown:
-            on_frame(Frame(i + 1, cfg.steps, grid[i + 1], to_uint8(x_t).cpu(), to_uint8(x0).cpu()))
+            on_frame(Frame(i + 1, steps, grid[i + 1], to_uint8(x_t).cpu(), to_uint8(x0).cpu()))
 
-    channels, size = pipe.config.model.in_channels, pipe.config.model.image_size
-    g = torch.Generator(pipe.device).manual_seed(derive_seed(cfg.seed, 0))  # the seed of Pipeline.sample's batch 0
-    x_T = torch.randn((cfg.n, channels, size, size), generator=g, device=pipe.device)
-    x_0 = sample(
-        pipe.model,
-        pipe.schedule,
-        x_T,
-        prediction=pipe.config.prediction,
-        cond=cond,
-        sampler=cfg.sampler,
-        steps=cfg.steps,
-        spacing=cfg.spacing,
-        guidance=cfg.guidance,
-        clip_x0=cfg.clip_x0,
-        eta=cfg.eta,
-        variance=cfg.variance,
-        generator=g,
+    samples = pipe.sample(
+        request.n,
+        labels=None if request.label is None else [request.label],
+        context=request.context,
         callback=on_step,
+        sampler=request.sampler,
+        steps=steps,
+        guidance=request.guidance,
+        seed=request.seed,
+        batch_size=request.n,
     )
-    return to_uint8(x_0).cpu()
+    return to_uint8(samples.images).cpu()
