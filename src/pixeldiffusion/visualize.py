@@ -228,18 +228,31 @@ def _smooth(values: list[float]) -> list[float]:
     return smoothed
 
 
+SHARES = ("precision", "recall", "accuracy")  # evaluation metrics in [0, 1], drawn on the right-hand axis
+
+
 def _plot_evaluations(ax: Axes, evaluations: list[dict], key: str, xlabel: str, *, unit: float = 1.0) -> None:
-    """Every metric of the evaluation lines that record `key`, against key / unit."""
+    """The Frechet distance of the evaluation lines that record `key` (log scale, left) and their precision, recall
+    and accuracy (right), against key / unit; only the lines of the most frequent sample count, since scores at
+    different counts do not compare."""
     ax.set(title=f"evaluation against {xlabel}", xlabel=xlabel)
-    points = [record for record in evaluations if key in record]
-    names = sorted({k for r in points for k, v in r.items() if k not in ("step", "elapsed_s", "n") and _is_number(v)})
-    if not names:
+    points = [record for record in evaluations if key in record and _is_number(record.get("fd"))]
+    counts = [record.get("n") for record in points]
+    points = [record for record in points if record.get("n") == max(counts, key=counts.count)] if points else []
+    if not points:
         ax.text(0.5, 0.5, f"no evaluation with {xlabel} recorded", ha="center", va="center", transform=ax.transAxes)
         return
-    for name in names:
-        x = [r[key] / unit for r in points if name in r]
-        ax.plot(x, [r[name] for r in points if name in r], marker="o", label=name)
-    ax.legend()
+    x = [r[key] / unit for r in points]
+    ax.plot(x, [r["fd"] for r in points], marker="o", color="C3", label="Frechet distance")
+    last = points[-1]
+    ax.set(yscale="log", ylabel=f"Frechet distance ({last.get('extractor', 'features')}, n = {last.get('n')})")
+    shares = ax.twinx()
+    for i, name in enumerate(n for n in SHARES if any(n in r for r in points)):
+        shares.plot([r[key] / unit for r in points if name in r], [r[name] for r in points if name in r],
+                    marker=".", linestyle="--", color=f"C{i}", label=name)
+    shares.set(ylim=(0, 1.02))
+    lines = ax.get_legend_handles_labels()[0] + shares.get_legend_handles_labels()[0]
+    ax.legend(lines, [line.get_label() for line in lines], loc="center right", fontsize="small")
 
 
 def _is_number(value: object) -> bool:
