@@ -3,7 +3,8 @@ classifier feature space, logged to metrics.jsonl (so quality can be read agains
 checkpoint of the lowest Frechet distance kept as checkpoints/best.safetensors beside the latest ones.
 
 The evaluation runs between training steps, outside the span that `Trainer.run` adds to the training clock, so it
-does not count in `elapsed`. It is skipped while evaluating has taken more than BUDGET of the training time.
+does not count in `elapsed`. It is skipped whenever one more, as costly as the last, would take the time spent
+evaluating past BUDGET of the training time (the first one always runs).
 """
 
 from __future__ import annotations
@@ -50,17 +51,17 @@ def evaluation_callback(config: RunConfig) -> Callable[[Trainer], None]:
     tc = config.train
     reference = Reference.of_run(config)
     classifier = find_classifier(reference)
-    spent, best, told = 0.0, None, False  # seconds spent evaluating in this session; the best distance so far
+    spent, last, best, told = 0.0, 0.0, None, False  # seconds spent evaluating (in all, the last time); best FD
 
     def evaluate(trainer: Trainer) -> None:
-        nonlocal spent, best, told
+        nonlocal spent, last, best, told
         if not trainer.process.is_main or trainer.step % tc.eval_every:
             return
-        if spent > BUDGET * trainer.elapsed:
+        if spent + last > BUDGET * trainer.elapsed:  # one more, as costly as the last, would exceed the budget
             if not told:
                 tqdm.write(
-                    f"step {trainer.step}: evaluation skipped, evaluating has taken {spent:.0f} s, more than "
-                    f"{BUDGET:.0%} of the training time; fewer --eval-samples make it cheaper"
+                    f"step {trainer.step}: evaluation skipped, evaluating has taken {spent:.0f} s and another would "
+                    f"take more than {BUDGET:.0%} of the training time; fewer --eval-samples make it cheaper"
                 )
             told = True
             return
@@ -79,7 +80,8 @@ def evaluation_callback(config: RunConfig) -> Callable[[Trainer], None]:
             best = evaluation.fd
             tensors, meta = trainer.state()
             save_checkpoint(path, tensors, {**meta, "eval": record})
-        spent += time.perf_counter() - start
+        last = time.perf_counter() - start
+        spent += last
         tqdm.write(
             f"step {trainer.step}: Frechet distance {evaluation.fd:.4g} ({evaluation.n} samples, {classifier.name}), "
             f"best {best:.4g}; evaluating took {spent / max(trainer.elapsed, 1e-9):.1%} of the training time"
