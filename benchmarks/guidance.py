@@ -57,23 +57,29 @@ def main() -> None:
         predicted = judge.logits(to_model_range(images).to(pipe.device)).argmax(1).cpu()
         per_class = [float((predicted[labels == c] == c).double().mean()) for c in range(classes)]
         spread = within_class_spread(images, labels, classes)
-        quality = score(images, reference=reference, extractor=extractor, classifier=judge, labels=labels,
-                        device=pipe.device)
-        print(json.dumps({
-            "guidance": s,
-            "n": len(images),
-            "accuracy": float((predicted == labels).double().mean()),
-            "accuracy_per_class": [round(a, 3) for a in per_class],
-            "spread_per_class": [round(v, 3) for v in spread],
-            "real_spread_per_class": [round(v, 3) for v in real_spread],
-            "spread_ratio_min": round(min(a / b for a, b in zip(spread, real_spread, strict=True)), 3),
-            "fd": quality.fd,
-            "precision": quality.precision,
-            "recall": quality.recall,
-            "classes_present": quality.classes_present,
-            "extractor": quality.extractor,
-            "reference": quality.reference,
-        }), flush=True)
+        quality = score(
+            images, reference=reference, extractor=extractor, classifier=judge, labels=labels, device=pipe.device
+        )
+        print(
+            json.dumps(
+                {
+                    "guidance": s,
+                    "n": len(images),
+                    "accuracy": float((predicted == labels).double().mean()),
+                    "accuracy_per_class": [round(a, 3) for a in per_class],
+                    "spread_per_class": [round(v, 3) for v in spread],
+                    "real_spread_per_class": [round(v, 3) for v in real_spread],
+                    "spread_ratio_min": round(min(a / b for a, b in zip(spread, real_spread, strict=True)), 3),
+                    "fd": quality.fd,
+                    "precision": quality.precision,
+                    "recall": quality.recall,
+                    "classes_present": quality.classes_present,
+                    "extractor": quality.extractor,
+                    "reference": quality.reference,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

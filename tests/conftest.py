@@ -17,8 +17,18 @@ def tiny_config(**train) -> RunConfig:
     return replace(
         cfg,
         model=replace(cfg.model, base_channels=8, norm_groups=4, attention_heads=1),
-        train=replace(cfg.train, **{"max_steps": 4, "batch_size": 16, "log_every": 1, "checkpoint_every": 2,
-                                    "warmup_steps": 2, "precision": "fp32", **train}),
+        train=replace(
+            cfg.train,
+            **{
+                "max_steps": 4,
+                "batch_size": 16,
+                "log_every": 1,
+                "checkpoint_every": 2,
+                "warmup_steps": 2,
+                "precision": "fp32",
+                **train,
+            },
+        ),
         sample=replace(cfg.sample, steps=3, n=4),
     )
 

@@ -10,8 +10,24 @@ from PIL import Image
 
 from pixeldiffusion.cli import main
 
-TINY = ["--base-channels", "8", "--norm-groups", "4", "--attention-heads", "1", "--batch-size", "16",
-        "--log-every", "1", "--precision", "fp32", "--sample-steps", "3", "--warmup-steps", "2"]
+TINY = [
+    "--base-channels",
+    "8",
+    "--norm-groups",
+    "4",
+    "--attention-heads",
+    "1",
+    "--batch-size",
+    "16",
+    "--log-every",
+    "1",
+    "--precision",
+    "fp32",
+    "--sample-steps",
+    "3",
+    "--warmup-steps",
+    "2",
+]
 
 
 def run(*args):
@@ -33,8 +49,24 @@ def test_train_resume_and_sample(tmp_path):
     again = tmp_path / "again.png"
     assert main([*args, "--out", str(again)]) == 0
     assert again.read_bytes() == png.read_bytes(), "same checkpoint, sampler and seed: byte-identical PNG"
-    assert main(["sample", "--run", str(out), "--per-class", "2", "--sampler", "ddpm", "--steps", "5",
-                 "--out", str(tmp_path / "per-class.png")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(out),
+                "--per-class",
+                "2",
+                "--sampler",
+                "ddpm",
+                "--steps",
+                "5",
+                "--out",
+                str(tmp_path / "per-class.png"),
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize(

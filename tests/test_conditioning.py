@@ -71,10 +71,38 @@ def write_sprites(folder, n=40):
 def test_sprites_train_and_sample_with_context_through_the_cli(tmp_path, condition):
     write_sprites(tmp_path / "sprites")
     run = tmp_path / "run"
-    assert main(["train", "--dataset", "sprites", "--data-dir", str(tmp_path / "sprites"), "--out", str(run),
-                 "--condition", condition, "--max-steps", "2", "--batch-size", "8", "--base-channels", "8",
-                 "--norm-groups", "4", "--attention-heads", "1", "--precision", "fp32", "--sample-steps", "2",
-                 "--cond-dropout", "0.2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "sprites",
+                "--data-dir",
+                str(tmp_path / "sprites"),
+                "--out",
+                str(run),
+                "--condition",
+                condition,
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--base-channels",
+                "8",
+                "--norm-groups",
+                "4",
+                "--attention-heads",
+                "1",
+                "--precision",
+                "fp32",
+                "--sample-steps",
+                "2",
+                "--cond-dropout",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     pipe = Pipeline.from_run(run)
     assert pipe.conditioning == condition and pipe.config.model.in_channels == 3
     out = tmp_path / "s.png"

@@ -13,9 +13,28 @@ import torch
 
 from pixeldiffusion.checkpoint import latest_checkpoint, load_checkpoint
 
-ARGS = ["--base-channels", "8", "--norm-groups", "4", "--attention-heads", "1", "--batch-size", "16",
-        "--log-every", "1", "--precision", "fp32", "--sample-steps", "2", "--warmup-steps", "2",
-        "--checkpoint-every", "1", "--max-steps", "60"]
+ARGS = [
+    "--base-channels",
+    "8",
+    "--norm-groups",
+    "4",
+    "--attention-heads",
+    "1",
+    "--batch-size",
+    "16",
+    "--log-every",
+    "1",
+    "--precision",
+    "fp32",
+    "--sample-steps",
+    "2",
+    "--warmup-steps",
+    "2",
+    "--checkpoint-every",
+    "1",
+    "--max-steps",
+    "60",
+]
 
 # Runs the CLI with os.fsync replaced: on its k-th call the process SIGKILLs itself, i.e. in the middle of an
 # atomic write (after the temporary file is written, before it is renamed into place).
@@ -53,8 +72,12 @@ def final_tensors(run_dir):
 @pytest.mark.slow
 def test_sigkill_at_random_moments_and_during_checkpoint_writes(tmp_path):
     straight = tmp_path / "straight"
-    subprocess.run([sys.executable, "-m", "pixeldiffusion", *command(straight, True)], check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pixeldiffusion", *command(straight, True)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
 
     run_dir, rng, attempts = tmp_path / "killed", random.Random(0), 0
     kills = {"in_write": 0, "timer": 0, "sigterm": 0}
@@ -64,13 +87,15 @@ def test_sigkill_at_random_moments_and_during_checkpoint_writes(tmp_path):
         args = command(run_dir, not started)
         started = True
         if attempts <= 3:  # killed inside a checkpoint write: the 5th, 13th, ... fsync
-            proc = subprocess.run([sys.executable, "-c", KILL_IN_FSYNC, str(4 * attempts + 1), *args],
-                                  capture_output=True, timeout=600)
+            proc = subprocess.run(
+                [sys.executable, "-c", KILL_IN_FSYNC, str(4 * attempts + 1), *args], capture_output=True, timeout=600
+            )
             assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
             kills["in_write"] += 1
             continue
-        proc = subprocess.Popen([sys.executable, "-m", "pixeldiffusion", *args], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pixeldiffusion", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         if attempts <= 6:  # a random moment after training has visibly progressed: a step, a checkpoint, a log
             wait_for_progress(run_dir / "metrics.jsonl", proc)
             time.sleep(rng.uniform(0.0, 0.5))

@@ -11,9 +11,26 @@ import torch
 from pixeldiffusion.checkpoint import latest_checkpoint, load_checkpoint
 from pixeldiffusion.evaluation.classifier import train_classifier
 
-TINY = ["--base-channels", "8", "--norm-groups", "4", "--attention-heads", "1", "--batch-size", "16",
-        "--log-every", "1", "--precision", "fp32", "--sample-steps", "2", "--warmup-steps", "2",
-        "--checkpoint-every", "2"]
+TINY = [
+    "--base-channels",
+    "8",
+    "--norm-groups",
+    "4",
+    "--attention-heads",
+    "1",
+    "--batch-size",
+    "16",
+    "--log-every",
+    "1",
+    "--precision",
+    "fp32",
+    "--sample-steps",
+    "2",
+    "--warmup-steps",
+    "2",
+    "--checkpoint-every",
+    "2",
+]
 
 
 def launch(processes: int, *args: str, command: str = "train") -> None:
@@ -21,8 +38,19 @@ def launch(processes: int, *args: str, command: str = "train") -> None:
     if processes == 1:
         command = [sys.executable, "-m", "pixeldiffusion", command, *args, *flags]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                   "-m", "pixeldiffusion", "--", command, *args, *flags]  # "--": torchrun would claim --n, --run
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            "-m",
+            "pixeldiffusion",
+            "--",
+            command,
+            *args,
+            *flags,
+        ]  # "--": torchrun would claim --n, --run
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -73,8 +101,22 @@ def test_sampling_is_shared_out_over_processes_and_equals_one_process(runs, tmp_
     for processes in (1, 2):
         out = tmp_path / str(processes)
         out.mkdir()
-        launch(processes, "--run", str(runs / "single"), "--n", "7", "--batch-size", "2", "--steps", "3",
-               "--out", str(out / "grid.png"), "--npz", str(out / "images.npz"), command="sample")
+        launch(
+            processes,
+            "--run",
+            str(runs / "single"),
+            "--n",
+            "7",
+            "--batch-size",
+            "2",
+            "--steps",
+            "3",
+            "--out",
+            str(out / "grid.png"),
+            "--npz",
+            str(out / "images.npz"),
+            command="sample",
+        )
         assert sorted(p.name for p in out.iterdir()) == ["grid.png", "images.npz"]
     assert (tmp_path / "1" / "grid.png").read_bytes() == (tmp_path / "2" / "grid.png").read_bytes()
     assert (tmp_path / "1" / "images.npz").read_bytes() == (tmp_path / "2" / "images.npz").read_bytes()

@@ -27,8 +27,16 @@ def test_ddpm_cifar10_preset_has_the_papers_size():
 @pytest.mark.parametrize("block", ["resnet", "convnext"])
 @pytest.mark.parametrize("injection", ["additive", "scale_shift"])
 def test_block_and_injection_variants(block, injection):
-    c = preset("digits", base_channels=8, norm_groups=4, attention_heads=2, block=block, injection=injection,
-               linear_attention_resolutions=(8,), dropout=0.1)
+    c = preset(
+        "digits",
+        base_channels=8,
+        norm_groups=4,
+        attention_heads=2,
+        block=block,
+        injection=injection,
+        linear_attention_resolutions=(8,),
+        dropout=0.1,
+    )
     out = UNet(c)(torch.randn(2, 1, 16, 16), torch.tensor([1, 999]))
     assert out.shape == (2, 1, 16, 16)
 

@@ -9,8 +9,24 @@ import pytest
 from pixeldiffusion.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from pixeldiffusion.cli import main
 
-TINY = ["--base-channels", "8", "--norm-groups", "4", "--attention-heads", "1", "--batch-size", "16",
-        "--log-every", "1", "--precision", "fp32", "--sample-steps", "2", "--warmup-steps", "1"]
+TINY = [
+    "--base-channels",
+    "8",
+    "--norm-groups",
+    "4",
+    "--attention-heads",
+    "1",
+    "--batch-size",
+    "16",
+    "--log-every",
+    "1",
+    "--precision",
+    "fp32",
+    "--sample-steps",
+    "2",
+    "--warmup-steps",
+    "1",
+]
 
 
 def run(*args, cwd=None):

@@ -176,8 +176,9 @@ def test_dpmpp_2m_loop_equals_diffusers(kind, prediction, spacing, steps):
     x = x_T
     for t_d in sched.timesteps:
         x = sched.step(model(x, t_d.expand(2) + 1), t_d, x).prev_sample
-    got = sample(model, ours, x_T, prediction=prediction, sampler="dpmpp_2m", steps=steps, spacing=spacing,
-                 clip_x0=False)
+    got = sample(
+        model, ours, x_T, prediction=prediction, sampler="dpmpp_2m", steps=steps, spacing=spacing, clip_x0=False
+    )
     assert torch.allclose(got, x, atol=2e-5)
 
 
@@ -212,8 +213,9 @@ def test_ode_solvers_converge_to_the_exact_solution_at_their_order(prediction):
     model = gaussian_data_oracle(LINEAR, mu, s, prediction)
 
     def error(sampler, steps):
-        got = sample(model, LINEAR, x_T, prediction=prediction, sampler=sampler, steps=steps, spacing="karras",
-                     clip_x0=False)
+        got = sample(
+            model, LINEAR, x_T, prediction=prediction, sampler=sampler, steps=steps, spacing="karras", clip_x0=False
+        )
         return float((got - exact).abs().max())
 
     for sampler in ("ddim", "heun", "dpmpp_2m"):

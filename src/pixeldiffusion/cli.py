@@ -147,8 +147,13 @@ def cmd_datasets(args: argparse.Namespace) -> None:
 
     rows = describe_datasets()
     columns = ("name", "size", "test_size", "resolution", "channels", "classes", "cached", "description")
-    table = [[("-" if row[c] is None else "yes" if row[c] is True else "no" if row[c] is False else str(row[c]))
-              for c in columns] for row in rows]
+    table = [
+        [
+            ("-" if row[c] is None else "yes" if row[c] is True else "no" if row[c] is False else str(row[c]))
+            for c in columns
+        ]
+        for row in rows
+    ]
     widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
     for line in [list(columns), *table]:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
@@ -256,8 +261,12 @@ def parser() -> argparse.ArgumentParser:
     add_fields(t, ScheduleConfig, rename={"kind": "schedule"})
     add_fields(t, UNetConfig, skip=DERIVED)
     add_fields(t, SampleConfig, prefix="sample-")
-    t.add_argument("--log", choices=("jsonl", "tensorboard"), default="jsonl",
-                   help="metrics.jsonl always; tensorboard also writes events to RUN/tensorboard (extra: tensorboard)")
+    t.add_argument(
+        "--log",
+        choices=("jsonl", "tensorboard"),
+        default="jsonl",
+        help="metrics.jsonl always; tensorboard also writes events to RUN/tensorboard (extra: tensorboard)",
+    )
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="generate images from a trained run or checkpoint")

@@ -248,8 +248,14 @@ def _plot_evaluations(ax: Axes, evaluations: list[dict], key: str, xlabel: str, 
     ax.set(yscale="log", ylabel=f"Frechet distance ({last.get('extractor', 'features')}, n = {last.get('n')})")
     shares = ax.twinx()
     for i, name in enumerate(n for n in SHARES if any(n in r for r in points)):
-        shares.plot([r[key] / unit for r in points if name in r], [r[name] for r in points if name in r],
-                    marker=".", linestyle="--", color=f"C{i}", label=name)
+        shares.plot(
+            [r[key] / unit for r in points if name in r],
+            [r[name] for r in points if name in r],
+            marker=".",
+            linestyle="--",
+            color=f"C{i}",
+            label=name,
+        )
     shares.set(ylim=(0, 1.02))
     lines = ax.get_legend_handles_labels()[0] + shares.get_legend_handles_labels()[0]
     ax.legend(lines, [line.get_label() for line in lines], loc="center right", fontsize="small")
