@@ -1,42 +1,18 @@
 """The command line, end to end, as a user types it."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TINY_FLAGS, run_cli
 from pixeldiffusion.cli import main
-
-TINY = [
-    "--base-channels",
-    "8",
-    "--norm-groups",
-    "4",
-    "--attention-heads",
-    "1",
-    "--batch-size",
-    "16",
-    "--log-every",
-    "1",
-    "--precision",
-    "fp32",
-    "--sample-steps",
-    "3",
-    "--warmup-steps",
-    "2",
-]
-
-
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "pixeldiffusion", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_train_resume_and_sample(tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "--out", str(out), "--max-steps", "3", "--checkpoint-every", "2", *TINY]) == 0
+    assert main(["train", "--out", str(out), "--max-steps", "3", "--checkpoint-every", "2", *TINY_FLAGS]) == 0
     assert main(["train", "--resume", str(out), "--max-steps", "5"]) == 0
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 5
     png, gif, npz = tmp_path / "s.png", tmp_path / "s.gif", tmp_path / "s.npz"
@@ -79,7 +55,7 @@ def test_train_resume_and_sample(tmp_path):
     ],
 )
 def test_user_errors_print_one_line_and_exit_non_zero(args, message):
-    result = run(*args)
+    result = run_cli(*args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -87,19 +63,19 @@ def test_user_errors_print_one_line_and_exit_non_zero(args, message):
 
 def test_sampling_errors_on_a_trained_run(tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "--out", str(out), "--max-steps", "1", *TINY]) == 0
+    assert main(["train", "--out", str(out), "--max-steps", "1", *TINY_FLAGS]) == 0
     for args, message in [
         (["--steps", "5000"], "between 1 and T = 1000"),
         (["--guidance", "nan"], "guidance must be a finite number"),
         (["--class", "eleven"], "unknown class 'eleven'; the classes are: 0, 1, 2"),
         (["--context", "1,0"], "class-conditional"),
     ]:
-        result = run("sample", "--run", str(out), "--out", str(tmp_path / "x.png"), *args)
+        result = run_cli("sample", "--run", str(out), "--out", str(tmp_path / "x.png"), *args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
-    result = run("train", "--out", str(out), *TINY)
+    result = run_cli("train", "--out", str(out), *TINY_FLAGS)
     assert result.returncode == 2 and "already holds a run" in result.stderr
 
 
 def test_python_dash_m_and_help():
-    result = run("train", "--help")
+    result = run_cli("train", "--help")
     assert result.returncode == 0 and "--max-steps" in result.stdout and "peak learning rate" in result.stdout

@@ -11,30 +11,8 @@ import time
 import pytest
 import torch
 
+from conftest import TINY_FLAGS
 from pixeldiffusion.checkpoint import latest_checkpoint, load_checkpoint
-
-ARGS = [
-    "--base-channels",
-    "8",
-    "--norm-groups",
-    "4",
-    "--attention-heads",
-    "1",
-    "--batch-size",
-    "16",
-    "--log-every",
-    "1",
-    "--precision",
-    "fp32",
-    "--sample-steps",
-    "2",
-    "--warmup-steps",
-    "2",
-    "--checkpoint-every",
-    "1",
-    "--max-steps",
-    "60",
-]
 
 # Runs the CLI with os.fsync replaced: on its k-th call the process SIGKILLs itself, i.e. in the middle of an
 # atomic write (after the temporary file is written, before it is renamed into place).
@@ -62,7 +40,8 @@ def wait_for_progress(metrics, proc, timeout=300.0):
 
 
 def command(run_dir, fresh: bool):
-    return ["train", *(["--out", str(run_dir)] if fresh else ["--resume", str(run_dir)]), *ARGS]
+    where = ["--out", str(run_dir)] if fresh else ["--resume", str(run_dir)]
+    return ["train", *where, *TINY_FLAGS, "--checkpoint-every", "1", "--max-steps", "60"]
 
 
 def final_tensors(run_dir):

@@ -2,56 +2,16 @@
 
 import hashlib
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from conftest import Server
 from pixeldiffusion.data import describe_datasets, download, load_dataset
 from pixeldiffusion.errors import PixelDiffusionError
 
 REAL_MNIST = Path(__file__).resolve().parents[2] / "shared/data/mnist"
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
-
-
-class Server:
-    """Serves `files` (URL path -> bytes); paths in `cut_short` announce their full length but send half."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.cut_short: set[str] = set()
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if self.path in server.cut_short else body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-
-@pytest.fixture
-def server():
-    running = Server()
-    running.thread.start()
-    yield running
-    running.httpd.shutdown()
-    running.httpd.server_close()
-    running.thread.join(timeout=5)
 
 
 @pytest.fixture(autouse=True)

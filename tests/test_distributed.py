@@ -8,33 +8,13 @@ import sys
 import pytest
 import torch
 
+from conftest import TINY_FLAGS
 from pixeldiffusion.checkpoint import latest_checkpoint, load_checkpoint
 from pixeldiffusion.evaluation.classifier import train_classifier
 
-TINY = [
-    "--base-channels",
-    "8",
-    "--norm-groups",
-    "4",
-    "--attention-heads",
-    "1",
-    "--batch-size",
-    "16",
-    "--log-every",
-    "1",
-    "--precision",
-    "fp32",
-    "--sample-steps",
-    "2",
-    "--warmup-steps",
-    "2",
-    "--checkpoint-every",
-    "2",
-]
-
 
 def launch(processes: int, *args: str, command: str = "train") -> None:
-    flags = TINY if command == "train" else []
+    flags = [*TINY_FLAGS, "--checkpoint-every", "2"] if command == "train" else []
     if processes == 1:
         command = [sys.executable, "-m", "pixeldiffusion", command, *args, *flags]
     else:

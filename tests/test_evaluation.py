@@ -21,7 +21,6 @@ from pixeldiffusion.evaluation.inception import WEIGHTS_FILE, FIDInception, load
 from pixeldiffusion.evaluation.reference import Reference
 from pixeldiffusion.pipeline import Pipeline
 from pixeldiffusion.training import train
-from test_data_download import Server
 
 DIGITS = "digits:all (one split, no held-out images) at 16x16"
 
@@ -287,16 +286,6 @@ def test_inception_loads_pytorch_fids_key_names_and_shapes_and_embeds_to_2048(tm
     torch.save({"weights": NotWeights()}, tmp_path / "code.pth")
     with pytest.raises(PixelDiffusionError, match="is not a loadable PyTorch weights file"):
         load_inception(tmp_path / "code.pth")
-
-
-@pytest.fixture
-def server():
-    running = Server()
-    running.thread.start()
-    yield running
-    running.httpd.shutdown()
-    running.httpd.server_close()
-    running.thread.join(timeout=5)
 
 
 def test_download_inception_checks_the_pinned_sha256(server, tmp_path, monkeypatch, capsys):

@@ -2,36 +2,12 @@
 
 import shutil
 import subprocess
-import sys
 
 import pytest
 
+from conftest import TINY_FLAGS, run_cli
 from pixeldiffusion.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from pixeldiffusion.cli import main
-
-TINY = [
-    "--base-channels",
-    "8",
-    "--norm-groups",
-    "4",
-    "--attention-heads",
-    "1",
-    "--batch-size",
-    "16",
-    "--log-every",
-    "1",
-    "--precision",
-    "fp32",
-    "--sample-steps",
-    "2",
-    "--warmup-steps",
-    "1",
-]
-
-
-def run(*args, cwd=None):
-    command = [sys.executable, "-m", "pixeldiffusion", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 def one_line_error(result, message):
@@ -45,7 +21,7 @@ def one_line_error(result, message):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("reliability") / "run"
-    assert main(["train", "--out", str(out), "--max-steps", "2", "--checkpoint-every", "2", *TINY]) == 0
+    assert main(["train", "--out", str(out), "--max-steps", "2", "--checkpoint-every", "2", *TINY_FLAGS]) == 0
     return out
 
 
@@ -67,7 +43,7 @@ def snapshot(folder):
 )
 def test_bad_sampling_requests_leave_the_run_untouched(trained, args, message):
     before = snapshot(trained)
-    one_line_error(run("sample", "--run", str(trained), "--n", "2", "--steps", "2", *args), message)
+    one_line_error(run_cli("sample", "--run", str(trained), "--n", "2", "--steps", "2", *args), message)
     assert snapshot(trained) == before
 
 
@@ -83,7 +59,7 @@ def test_bad_sampling_requests_leave_the_run_untouched(trained, args, message):
     ],
 )
 def test_bad_training_requests(args, message, tmp_path):
-    one_line_error(run("train", "--max-steps", "1", *TINY, *args, cwd=tmp_path), message)
+    one_line_error(run_cli("train", "--max-steps", "1", *TINY_FLAGS, *args, cwd=tmp_path), message)
     assert not (tmp_path / "runs").exists() or "--out" in args
 
 
@@ -92,8 +68,8 @@ def test_a_truncated_checkpoint_is_refused_and_the_run_resumes_from_none_older(t
     shutil.copytree(trained, copy)
     latest = latest_checkpoint(copy)
     latest.write_bytes(latest.read_bytes()[:1000])
-    one_line_error(run("sample", "--run", str(copy), "--out", str(tmp_path / "x.png")), "not a valid safetensors")
-    one_line_error(run("train", "--resume", str(copy), "--max-steps", "3"), "not a valid safetensors")
+    one_line_error(run_cli("sample", "--run", str(copy), "--out", str(tmp_path / "x.png")), "not a valid safetensors")
+    one_line_error(run_cli("train", "--resume", str(copy), "--max-steps", "3"), "not a valid safetensors")
 
 
 def test_a_full_disk_while_saving_keeps_the_last_checkpoint(trained, tmp_path):
@@ -107,7 +83,7 @@ def test_a_full_disk_while_saving_keeps_the_last_checkpoint(trained, tmp_path):
     try:
         shutil.copytree(trained, disk / "run")
         before = snapshot(disk / "run" / "checkpoints")
-        result = run("train", "--resume", str(disk / "run"), "--max-steps", "4", "--checkpoint-every", "1")
+        result = run_cli("train", "--resume", str(disk / "run"), "--max-steps", "4", "--checkpoint-every", "1")
         one_line_error(result, "No space left on device; earlier files are untouched")
         assert snapshot(disk / "run" / "checkpoints") == before
         assert [p.name for p in list_checkpoints(disk / "run")] == [latest_checkpoint(trained).name]
