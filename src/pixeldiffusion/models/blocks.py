@@ -69,20 +69,33 @@ class ConvNeXtBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over all pixels (Vaswani et al. 2017), pre-norm, zero-initialised output."""
+    """Multi-head self-attention over all pixels (Vaswani et al. 2017), pre-norm, zero-initialised output.
+
+    The projections are Linear layers on the (B, HW, C) token matrix, and q, k, v come out of one matmul as
+    contiguous (B, heads, HW, d) tensors: the layout the fused attention kernels and bf16 GEMMs want."""
 
     def __init__(self, channels: int, *, heads: int, groups: int):
         super().__init__()
         self.heads = heads
         self.norm = nn.GroupNorm(groups, channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.out = zero_init(nn.Conv2d(channels, channels, 1))
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.out = zero_init(nn.Linear(channels, channels))
+        self._register_load_state_dict_pre_hook(_flatten_1x1_convs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).transpose(-1, -2).unbind(1)
-        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
-        return x + self.out(h.transpose(-1, -2).reshape(B, C, H, W))
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        q, k, v = self.qkv(tokens).reshape(B, H * W, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H * W, C)
+        return x + self.out(h).transpose(1, 2).reshape(B, C, H, W)
+
+
+def _flatten_1x1_convs(state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints written before the projections became Linear hold them as 1x1 convolutions (C_out, C_in, 1, 1)."""
+    for name in ("qkv.weight", "out.weight"):
+        weight = state_dict.get(prefix + name)
+        if weight is not None and weight.dim() == 4:
+            state_dict[prefix + name] = weight.flatten(1)
 
 
 class LinearAttention(nn.Module):
