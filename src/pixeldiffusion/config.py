@@ -93,7 +93,7 @@ class TrainConfig:
     keep: int = 3  # checkpoints kept (the latest ones)
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with bf16 instructions), fp32 or bf16
-    compile: bool = False  # torch.compile the network for training
+    compile: bool | None = None  # torch.compile the network: on, off, or unset: on where it pays (see README, Speed)
 
     def __post_init__(self):
         _choice("lr decay", self.lr_decay, LR_DECAYS)
@@ -127,11 +127,14 @@ class SampleConfig:
     clip_x0: bool = True  # clip the predicted x0 to [-1, 1] at every step
     n: int = 64  # number of images
     seed: int = 0  # seed of the sampling noise
-    batch_size: int = 256  # images per forward pass (larger requests are split)
+    batch_size: int = 256  # images per forward pass (larger requests are split, and halved if memory runs out)
+    precision: str = "fp32"  # the network's precision: fp32, bf16 (autocast) or auto (bf16 where training uses it)
+    compile: bool = False  # torch.compile the network for sampling (CUDA graphs on a GPU)
 
     def __post_init__(self):
         from pixeldiffusion.sampling import SAMPLERS
 
+        _choice("precision", self.precision, PRECISIONS)
         _choice("sampler", self.sampler, tuple(SAMPLERS))
         _choice("spacing", self.spacing, SPACINGS)
         _choice("variance", self.variance, ("posterior", "beta"))

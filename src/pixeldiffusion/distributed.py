@@ -58,6 +58,12 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
+def use_compile(setting: bool | None, device: torch.device) -> bool:
+    """compile unset: torch.compile the training network on CUDA, where it pays back its compile time within
+    minutes; on the CPU it did not pay here (README, Speed)."""
+    return setting if setting is not None else device.type == "cuda"
+
+
 def setup(device: str = "auto") -> Process:
     """Join the process group of a torchrun launch (if any) and pick this process's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from pixeldiffusion import checkpoint as ckpt
 from pixeldiffusion.checkpoint import write_atomic
 from pixeldiffusion.config import RunConfig, SampleConfig, from_dict
 from pixeldiffusion.data import to_uint8
-from pixeldiffusion.distributed import resolve_device
+from pixeldiffusion.distributed import resolve_device, use_bf16
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.models import UNet
 from pixeldiffusion.sampling import Callback, sample, timestep_grid
@@ -95,6 +96,7 @@ class Pipeline:
         self.schedule = schedule.to(self.device)
         self.config = config
         self.class_names, self.context_names = tuple(class_names), tuple(context_names)
+        self._compiled: nn.Module | None = None
 
     @classmethod
     def from_checkpoint(
@@ -126,6 +128,28 @@ class Pipeline:
     def from_run(cls, run_dir: str | Path, **kwargs) -> Pipeline:
         """Load the latest checkpoint of a training run directory."""
         return cls.from_checkpoint(ckpt.latest_checkpoint(run_dir), **kwargs)
+
+    def network(self, config: SampleConfig) -> Callable[..., torch.Tensor]:
+        """The network as the sampler calls it: compiled once on first use if config.compile (with CUDA graphs on a
+        GPU), under bf16 autocast if config.precision asks for it, its output always fp32 and the caller's own."""
+        model, graphs = self.model, False
+        if config.compile:
+            graphs = self.device.type == "cuda"
+            if self._compiled is None:
+                self._compiled = torch.compile(self.model, mode="reduce-overhead" if graphs else None, dynamic=False)
+            model = self._compiled
+        bf16 = use_bf16(config.precision, self.device)
+        if not (bf16 or graphs):
+            return model
+
+        def network(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+            if graphs:  # a CUDA graph's output buffer is reused by its next replay: copy it out (.float() or clone)
+                torch.compiler.cudagraph_mark_step_begin()
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model(x, t, cond)
+            return out.float() if out.dtype != torch.float32 else out.clone()
+
+        return network
 
     @property
     def conditioning(self) -> str:
@@ -207,6 +231,7 @@ class Pipeline:
                 callback(i, t, x_t, x0)
 
         c, s = self.config.model.in_channels, self.config.model.image_size
+        network = self.network(cfg)
         starts = range(0, cfg.n, cfg.batch_size)
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         chunks = {}
@@ -216,19 +241,11 @@ class Pipeline:
             x_T = torch.randn((size, c, s, s), generator=g, device=self.device)
             if j == 0 and keep:  # the first frame is the pure noise x_T; nothing is predicted yet
                 frames.append((grid[0], to_uint8(x_T).cpu(), torch.full_like(x_T, 128, dtype=torch.uint8).cpu()))
-            chunks[j] = sample(
-                self.model,
-                self.schedule,
+            chunks[j] = self._fitting(
+                network,
                 x_T,
-                prediction=self.config.prediction,
-                cond=cond[start : start + size] if cond is not None else None,
-                sampler=cfg.sampler,
-                steps=cfg.steps,
-                spacing=cfg.spacing,
-                guidance=cfg.guidance,
-                clip_x0=cfg.clip_x0,
-                eta=cfg.eta,
-                variance=cfg.variance,
+                cond[start : start + size] if cond is not None else None,
+                cfg,
                 generator=g,
                 callback=on_step if j == 0 and (keep or callback) else None,
             )
@@ -237,3 +254,38 @@ class Pipeline:
             dist.all_gather_object(gathered, {j: x.cpu() for j, x in chunks.items()})
             chunks = {j: x.to(self.device) for part in gathered for j, x in part.items()}
         return Samples(torch.cat([chunks[j] for j in range(len(starts))]), cond, row_labels, nrow, frames)
+
+    def _fitting(self, network, x_T, cond, cfg: SampleConfig, **kwargs) -> torch.Tensor:
+        """Sample x_T in one batch, or, when that runs out of memory, in two halves (recursively). The deterministic
+        samplers give the same images either way; the stochastic ones draw their noise in another order."""
+        try:
+            return sample(
+                network,
+                self.schedule,
+                x_T,
+                prediction=self.config.prediction,
+                cond=cond,
+                sampler=cfg.sampler,
+                steps=cfg.steps,
+                spacing=cfg.spacing,
+                guidance=cfg.guidance,
+                clip_x0=cfg.clip_x0,
+                eta=cfg.eta,
+                variance=cfg.variance,
+                **kwargs,
+            )
+        except torch.OutOfMemoryError:
+            if len(x_T) == 1:
+                raise
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(x_T) // 2
+        parts = [(x_T[:half], cond[:half] if cond is not None else None)]
+        parts.append((x_T[half:], cond[half:] if cond is not None else None))
+        callback = kwargs.pop("callback", None)
+        return torch.cat(
+            [
+                self._fitting(network, x, c, cfg, callback=callback if i == 0 else None, **kwargs)
+                for i, (x, c) in enumerate(parts)
+            ]
+        )

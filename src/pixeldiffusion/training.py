@@ -154,7 +154,7 @@ class Trainer:
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None
             )
         self.net: nn.Module = self.ddp or self.model
-        if tc.compile:
+        if distributed.use_compile(tc.compile, self.device):
             self.net = torch.compile(self.net)
         bf16 = distributed.use_bf16(tc.precision, self.device)
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)

@@ -1,0 +1,113 @@
+"""The fast paths (bf16 autocast, torch.compile, batch halving on out-of-memory) agree with the plain fp32 one."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from pixeldiffusion.models import UNet
+from pixeldiffusion.models.blocks import Attention
+from pixeldiffusion.pipeline import Pipeline
+from pixeldiffusion.schedule import NoiseSchedule
+from pixeldiffusion.training import Trainer
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def untrained_pipeline(device: str = "cpu") -> Pipeline:
+    """A tiny class-conditional model with attention whose output layers are not zero."""
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    cfg = replace(cfg, model=replace(cfg.model, num_classes=3), sample=replace(cfg.sample, steps=4, n=6))
+    model = UNet(cfg.model)
+    for p in model.parameters():
+        if not p.any():
+            torch.nn.init.normal_(p, std=0.05)
+    return Pipeline(model.to(device), NoiseSchedule.from_config(cfg.schedule), cfg)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return untrained_pipeline()
+
+
+def test_bf16_sampling_stays_within_bf16_tolerance_of_fp32(pipe):
+    x, t, cond = torch.randn(4, 1, 16, 16), torch.tensor([1, 300, 600, 1000]), torch.tensor([0, 1, 2, 0])
+    out32 = pipe.network(pipe.config.sample)(x, t, cond)
+    out16 = pipe.network(replace(pipe.config.sample, precision="bf16"))(x, t, cond)
+    assert out16.dtype == torch.float32 and not torch.equal(out16, out32), "autocast was not applied"
+    assert (out16 - out32).norm() / out32.norm() < 2e-2
+    fp32 = pipe.sample(guidance=2.0).images
+    bf16 = pipe.sample(guidance=2.0, precision="bf16").images
+    assert (fp32 - bf16).abs().mean() < 2e-2  # a few pixels of this random network sit on the clipping edge
+
+
+@pytest.mark.slow
+def test_compiled_sampling_agrees_with_eager(pipe):
+    eager = pipe.sample(sampler="dpmpp_2m", guidance=2.0).images
+    compiled = pipe.sample(sampler="dpmpp_2m", guidance=2.0, compile=True).images
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+    assert pipe._compiled is not None
+
+
+def test_out_of_memory_halves_the_batch_with_the_same_images(pipe, monkeypatch):
+    plain = pipe.sample(n=6, batch_size=6).images
+    model, sizes = pipe.model, []
+
+    class Small(torch.nn.Module):  # a device that fits two images at a time (and three with guidance off)
+        def forward(self, x, t, cond=None):
+            sizes.append(len(x))
+            if len(x) > 2:
+                raise torch.OutOfMemoryError("out of memory")
+            return model(x, t, cond)
+
+    monkeypatch.setattr(pipe, "model", Small())
+    split = pipe.sample(n=6, batch_size=6).images
+    torch.testing.assert_close(split, plain, atol=1e-4, rtol=0)  # other batch sizes round differently
+    assert max(sizes) == 6 and sizes.count(6) == 1 and 3 in sizes and sizes[-1] <= 2
+
+
+def test_attention_loads_weights_saved_as_1x1_convolutions():
+    torch.manual_seed(0)
+    attention = Attention(16, heads=2, groups=4)
+    torch.nn.init.normal_(attention.out.weight)
+    old = {
+        k: v[..., None, None] if k.endswith("weight") and v.dim() == 2 else v
+        for k, v in attention.state_dict().items()
+    }
+    loaded = Attention(16, heads=2, groups=4)
+    loaded.load_state_dict(old)
+    x = torch.randn(2, 16, 4, 4)
+    torch.testing.assert_close(loaded(x), attention(x))
+
+
+def trained_weights(tmp_path, name: str, **train) -> dict[str, torch.Tensor]:
+    trainer = Trainer(tiny_config(max_steps=3, **train), tmp_path / name)
+    for _ in range(3):
+        trainer.train_step()
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_compiled_training_takes_the_same_steps_as_eager(tmp_path):
+    eager = trained_weights(tmp_path, "eager")
+    compiled = trained_weights(tmp_path, "compiled", compile=True)
+    for name, value in eager.items():
+        torch.testing.assert_close(compiled[name], value, atol=1e-4, rtol=1e-3, msg=name)
+
+
+@cuda
+def test_cuda_bf16_compiled_sampling_with_cuda_graphs_agrees_with_eager():
+    pipe = untrained_pipeline("cuda")
+    eager = pipe.sample(guidance=2.0).images
+    fast = pipe.sample(guidance=2.0, precision="bf16", compile=True).images
+    assert (fast - eager).abs().mean() < 2e-2
+
+
+@cuda
+def test_cuda_training_compiled_in_bf16_stays_close_to_fp32(tmp_path):
+    fp32 = trained_weights(tmp_path, "fp32", device="cuda")
+    fast = trained_weights(tmp_path, "fast", device="cuda", precision="bf16", compile=True)
+    for name, value in fp32.items():
+        torch.testing.assert_close(fast[name], value, atol=2e-2, rtol=5e-2, msg=name)
