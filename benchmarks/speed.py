@@ -52,6 +52,7 @@ NFE = 20  # network evaluations per sampling run, for both libraries
 WARMUP = {"train": 3, "sample": 1}  # untimed runs before timing (the first training step allocates AdamW's state)
 POLL_S = 1.0  # window over which the CPU use of other processes is measured while waiting for an idle machine
 MIN_WINDOW_S = 0.5  # shortest window for the CPU use of others during a measurement (/proc/stat counts in 10 ms)
+COMPILE = {"off": (False,), "on": (True,), "both": (False, True)}  # which torch.compile settings get rows
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -364,7 +365,11 @@ def bench_size(name: str, args: argparse.Namespace, device: torch.device, peak: 
     rows = []
     for task in ("train", "sample"):
         for precision in PRECISIONS:
-            for compiled in (False, True) if device.type == "cuda" else (False,):
+            for compiled in (
+                COMPILE[args.compile]
+                if args.compile != "auto"
+                else COMPILE["both" if device.type == "cuda" else "off"]
+            ):
                 row = {"task": task, "precision": precision, "compile": compiled}
                 for library in LIBRARIES:
                     per_image = flops["train"][library] if task == "train" else NFE * flops["forward"][library]
@@ -445,6 +450,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-load", type=float, default=0.2, help="cores other processes may use (default 0.2)")
     parser.add_argument("--wait-timeout", type=float, default=900, help="seconds to wait for idle (default 900)")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="peak memory probes")
+    parser.add_argument(
+        "--compile",
+        default="auto",
+        choices=tuple(COMPILE) + ("auto",),
+        help="torch.compile rows (auto: both on CUDA, off on CPU)",
+    )
     parser.add_argument("--matmul-size", type=int, default=4096, help="matrix size of the peak FLOP/s measurement")
     args = parser.parse_args(argv)
     args.sizes = args.sizes.split(",")
