@@ -11,8 +11,8 @@ its schedule in steps; under a time budget the number of steps is estimated from
 50 steps. What it changes: the data stay in memory as one tensor (as pixeldiffusion's do), no random flips
 (digits are not symmetric), and DDIM at 50 steps instead of DDPM's 1000 to sample.
 
-    python benchmarks/diffusers_baseline.py --data-dir ../shared/data/mnist --minutes 30 \
-        --channels 32,64,64 --lr 1e-3 --n 10000 --out runs/diffusers-mnist
+    python benchmarks/diffusers_baseline.py --data-dir ../shared/data/mnist --minutes 30 --attention-at 0 \
+        --channels 32,64,64 --lr 3e-3 --n 10000 --out runs/diffusers-mnist
 
 It writes OUT/samples.npz (the n images), OUT/samples.png (a grid of 64), OUT/unet (the EMA model, diffusers'
 format) and appends one JSON line with the settings and scores to benchmarks/results/diffusers-baseline.jsonl.
@@ -40,15 +40,16 @@ RESULTS = Path(__file__).resolve().parent / "results" / "diffusers-baseline.json
 ESTIMATE_AFTER = 50  # steps timed before the cosine schedule's length is fixed
 
 
-def build_unet(channels: tuple[int, ...], attention_at: int, layers: int, image_size: int) -> UNet2DModel:
-    """The example's UNet2DModel at a smaller size: ResNet blocks, attention at the levels whose resolution is
-    at most `attention_at` pixels."""
+def build_unet(channels: tuple[int, ...], attention_at: int, layers: int, shape: tuple[int, ...]) -> UNet2DModel:
+    """The example's UNet2DModel at a smaller size for images of `shape` (C, H, W): ResNet blocks, attention in
+    the middle block and at the levels whose resolution is at most `attention_at` pixels."""
+    image_size = shape[-1]
     sizes = [image_size // 2**i for i in range(len(channels))]
     attention = [s <= attention_at for s in sizes]
     return UNet2DModel(
         sample_size=image_size,
-        in_channels=1,
-        out_channels=1,
+        in_channels=shape[0],
+        out_channels=shape[0],
         layers_per_block=layers,
         block_out_channels=channels,
         down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
@@ -59,7 +60,7 @@ def build_unet(channels: tuple[int, ...], attention_at: int, layers: int, image_
 
 def train(args: argparse.Namespace, images: torch.Tensor) -> tuple[UNet2DModel, dict]:
     torch.manual_seed(args.seed)
-    model = build_unet(args.channels, args.attention_at, args.layers, images.shape[-1])
+    model = build_unet(args.channels, args.attention_at, args.layers, tuple(images.shape[1:]))
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
@@ -112,10 +113,10 @@ def sample_ddim(model: UNet2DModel, n: int, steps: int, batch: int, seed: int) -
     scheduler = DDIMScheduler.from_config(DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").config)
     scheduler.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
-    size = model.config.sample_size
+    size, channels = model.config.sample_size, model.config.in_channels
     out = []
     for start in range(0, n, batch):
-        x = torch.randn((min(batch, n - start), 1, size, size), generator=g)
+        x = torch.randn((min(batch, n - start), channels, size, size), generator=g)
         for t in scheduler.timesteps:
             x = scheduler.step(model(x, t).sample, t, x).prev_sample
         out.append(x.clamp(-1, 1))
@@ -124,12 +125,12 @@ def sample_ddim(model: UNet2DModel, n: int, steps: int, batch: int, seed: int) -
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default="../shared/data/mnist")
+    p.add_argument("--data-dir", help="the dataset's files (default: the download cache)")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--minutes", type=float, default=30.0, help="training budget, wall-clock inside the steps")
     p.add_argument("--channels", default="32,64,64", help="block_out_channels")
     p.add_argument("--layers", type=int, default=1, help="layers_per_block")
-    p.add_argument("--attention-at", type=int, default=7, help="attention at levels of at most this many pixels")
+    p.add_argument("--attention-at", type=int, default=0, help="attention also at levels of at most this many pixels")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--batch", type=int, default=128)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The MNIST recipe sweep of issue 8: train each variant for MINUTES on real MNIST, score 1,000 samples
-# (DPM-Solver++ at 20 steps, classifier Frechet distance) and append one line per variant to
+# (DPM-Solver++ at 20 steps, bf16, classifier Frechet distance) and append one line per variant to
 # benchmarks/results/recipe-sweep-mnist.jsonl. Run one at a time on an idle machine:
 #     bash benchmarks/recipe_sweep.sh [MINUTES] [VARIANT ...]
 set -euo pipefail
@@ -22,7 +22,7 @@ for name in "${@:-default v-minsnr lr2e-3 cosine}"; do
     run=runs/sweep/ours-$variant-${MINUTES}min
     rm -rf "$run"
     python -m pixeldiffusion train --dataset mnist --data-dir "$DATA" --minutes "$MINUTES" --out "$run" ${VARIANTS[$variant]}
-    python -m pixeldiffusion eval --run "$run" --data-dir "$DATA" --n 1000 --sampler dpmpp_2m --steps 20
+    python -m pixeldiffusion eval --run "$run" --data-dir "$DATA" --n 1000 --sampler dpmpp_2m --steps 20 --precision bf16
     python - "$run" "$variant" "$MINUTES" "${VARIANTS[$variant]}" >> "$OUT" <<'PY'
 import json, sys
 run, variant, minutes, flags = sys.argv[1:]

@@ -1,5 +1,6 @@
-"""The speed benchmark (benchmarks/speed.py) runs end to end on a tiny model; no time is asserted."""
+"""The benchmarks run on tiny models (speed.py, the diffusers baseline, the NFE curve); no time is asserted."""
 
+import argparse
 import importlib
 import json
 
@@ -52,3 +53,28 @@ def test_speed_benchmark_reports_every_row_for_matched_models(tmp_path, monkeypa
             ours, theirs = (speed.build(library, speed.SIZES[name].config, "meta") for library in speed.LIBRARIES)
         n_ours, n_theirs = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))
         assert abs(n_ours / n_theirs - 1) < 0.1, name
+
+
+def test_diffusers_baseline_trains_for_its_budget_and_samples(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    baseline = importlib.import_module("diffusers_baseline")
+    monkeypatch.setattr(baseline, "ESTIMATE_AFTER", 2)
+    args = argparse.Namespace(
+        seed=0, channels=(8, 16), attention_at=0, layers=1, lr=1e-3, warmup=2, batch=4, bf16=False, minutes=0.02
+    )
+    images = torch.rand(16, 1, 8, 8) * 2 - 1
+    model, trained = baseline.train(args, images)
+    assert trained["steps"] > 2 and trained["train_s"] >= 1.2 and not model.training
+    x = baseline.sample_ddim(model, n=5, steps=3, batch=2, seed=0)
+    assert x.shape == (5, 1, 8, 8) and x.isfinite().all() and x.abs().max() <= 1
+
+
+def test_nfe_curve_steps_spend_the_requested_evaluations(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    curve = importlib.import_module("nfe_curve")
+    from pixeldiffusion.sampling import nfe
+
+    for budget in (5, 10, 20, 50, 100):
+        assert nfe("ddim", curve.steps_for("ddim", budget)) == budget
+        spent = nfe("heun", curve.steps_for("heun", budget))
+        assert budget <= spent <= budget + 1 and spent % 2 == 1

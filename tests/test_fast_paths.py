@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from pixeldiffusion.distributed import use_compile
 from pixeldiffusion.models import UNet
 from pixeldiffusion.models.blocks import Attention
 from pixeldiffusion.pipeline import Pipeline
@@ -111,3 +112,9 @@ def test_cuda_training_compiled_in_bf16_stays_close_to_fp32(tmp_path):
     fast = trained_weights(tmp_path, "fast", device="cuda", precision="bf16", compile=True)
     for name, value in fp32.items():
         torch.testing.assert_close(fast[name], value, atol=2e-2, rtol=5e-2, msg=name)
+
+
+def test_compile_unset_means_on_cuda_only_and_a_flag_overrides_it():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert not use_compile(None, cpu) and use_compile(None, gpu)
+    assert use_compile(True, cpu) and not use_compile(False, gpu)

@@ -128,7 +128,7 @@ class SampleConfig:
     n: int = 64  # number of images
     seed: int = 0  # seed of the sampling noise
     batch_size: int = 256  # images per forward pass (larger requests are split, and halved if memory runs out)
-    precision: str = "fp32"  # the network's precision: fp32, bf16 (autocast) or auto (bf16 where training uses it)
+    precision: str = "fp32"  # the network: fp32, bf16 (autocast) or auto (bf16 on CUDA and CPUs with bf16 support)
     compile: bool = False  # torch.compile the network for sampling (CUDA graphs on a GPU)
 
     def __post_init__(self):

