@@ -131,7 +131,7 @@ def main() -> None:
     p.add_argument("--channels", default="32,64,64", help="block_out_channels")
     p.add_argument("--layers", type=int, default=1, help="layers_per_block")
     p.add_argument("--attention-at", type=int, default=0, help="attention also at levels of at most this many pixels")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: the 5-minute sweep's best)")
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast in training")
