@@ -1,8 +1,10 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.models import PRESETS, UNet, preset
+from pixeldiffusion.models.blocks import Upsample
 from pixeldiffusion.models.embeddings import null_like
 
 
@@ -69,3 +71,9 @@ def test_class_and_context_conditioning_use_a_learned_null():
 def test_unconditional_model_ignores_no_condition():
     model = UNet(preset("digits", base_channels=8, norm_groups=4, attention_heads=1))
     assert model.class_embedding is None and model.context_embedding is None
+
+
+def test_upsample_is_nearest_neighbour_doubling_then_a_convolution():
+    up = Upsample(4)
+    x = torch.randn(2, 4, 3, 5)
+    torch.testing.assert_close(up(x), up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")), rtol=0, atol=0)

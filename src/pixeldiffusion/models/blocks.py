@@ -137,4 +137,8 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        # Nearest-neighbour doubling as a broadcast, not F.interpolate: torch 2.13's inductor on the CPU returns zero
+        # gradients through interpolate's backward after a GroupNorm-SiLU-conv chain under bf16 autocast, which
+        # silently froze everything below the top level of a compiled bf16 training run (tests/test_fast_paths.py).
+        B, C, H, W = x.shape
+        return self.conv(x[:, :, :, None, :, None].expand(B, C, H, 2, W, 2).reshape(B, C, 2 * H, 2 * W))
