@@ -2,7 +2,8 @@
 
 For each sampler and each NFE it samples n images (every class in turn for a class-conditional run) from the
 same noise, scores them with `pixeldiffusion eval`'s classifier Frechet distance, appends a JSON line to
---out and finally plots FD against NFE for all samplers.
+--out and finally plots FD against NFE for every point in --out with the same run, n, grid and precision (so a
+curve can be completed over several invocations; a repeated point keeps its latest line).
 
     python benchmarks/nfe_curve.py --run runs/mnist --data-dir ../shared/data/mnist --n 1000 \
         --nfe 5,10,20,50,100 --ddpm-nfe 1000 --plot docs/images/nfe-curve.png
@@ -68,6 +69,8 @@ def main() -> None:
     p.add_argument("--ddpm-nfe", default="1000", help="extra NFE for ddpm only (comma-separated, '' for none)")
     p.add_argument("--spacing", default="trailing")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"))
+    p.add_argument("--compile", action="store_true", help="torch.compile the network once for all points")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS / f"nfe-curve-{time.strftime('%Y-%m-%d')}.jsonl")
     p.add_argument("--plot", type=Path, default=Path("docs/images/nfe-curve.png"))
@@ -77,7 +80,6 @@ def main() -> None:
     reference = Reference.of_run(pipe.config, data_dir=args.data_dir)
     extractor, judge = extractors("classifier", reference, device=pipe.device)
     budgets = [int(v) for v in args.nfe.split(",")]
-    records = []
     for sampler in args.samplers.split(","):
         extra = [int(v) for v in args.ddpm_nfe.split(",") if v] if sampler == "ddpm" else []
         for evaluations in budgets + extra:
@@ -90,6 +92,8 @@ def main() -> None:
                 spacing=args.spacing,
                 precision=args.precision,
                 seed=args.seed,
+                compile=args.compile,
+                batch_size=args.batch_size,
                 eta=0.0,
                 guidance=1.0,
             )
@@ -102,12 +106,17 @@ def main() -> None:
                 **evaluation.record(),
                 "seconds": round(time.perf_counter() - start, 1),
             }
-            records.append(record)
             print(json.dumps(record), flush=True)
             with open(args.out, "a") as f:
                 f.write(json.dumps(record) + "\n")
+    curve = (str(args.run), args.n, args.spacing, args.precision)
+    points = {}
+    for line in args.out.read_text().splitlines():
+        r = json.loads(line)
+        if (r["run"], r["n"], r["sampling"]["spacing"], r["sampling"]["precision"]) == curve:
+            points[r["sampling"]["sampler"], r["nfe"]] = r
     plot(
-        records,
+        list(points.values()),
         args.plot,
         f"{args.run}: classifier FD at n = {args.n} against NFE ({args.spacing} grid, {args.precision})",
     )

@@ -1,10 +1,10 @@
 """Speed of pixeldiffusion's U-Net next to diffusers' UNet2DModel at a matched configuration, in the same run.
 
 For each size: parameters and FLOPs per forward of both networks, then training images/s (the real
-`Trainer.train_step` against the equivalent diffusers step) and sampling images/s at an equal number of
-network evaluations (DDIM, 20 NFE), in fp32 and with bf16 autocast (and with torch.compile off and on, on
-CUDA), with the peak memory of each measurement, the achieved FLOP/s as a share of the machine's measured
-matmul peak, and the ratio ours / diffusers of every number. See benchmarks/README.md.
+`Trainer.train_step` against the equivalent diffusers step) and sampling images/s at an equal number of network
+evaluations (DDIM, 20 NFE; `Pipeline.sample` against a DDIMScheduler loop), in fp32 and with bf16 autocast, with
+torch.compile off and/or on, with the peak memory of each measurement, the achieved FLOP/s as a share of the
+machine's measured matmul peak, and the ratio ours / diffusers of every number. See benchmarks/README.md.
 
     .venv/bin/python benchmarks/speed.py                  # all sizes, waits for an idle machine
     .venv/bin/python benchmarks/speed.py --sizes tiny --repeats 1 --batch 2 --no-wait --no-memory  # smoke test
@@ -42,7 +42,7 @@ from pixeldiffusion.config import DataConfig, RunConfig, TrainConfig
 from pixeldiffusion.data import ImageData
 from pixeldiffusion.distributed import cpu_has_bf16, resolve_device
 from pixeldiffusion.models import UNet, UNetConfig, preset
-from pixeldiffusion.sampling import sample
+from pixeldiffusion.pipeline import Pipeline
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.training import Trainer
 
@@ -170,7 +170,7 @@ def make_work(case: Case) -> Callable[[], object]:
         return trainer.train_step
 
     model = build(case.library, config, device)
-    net = torch.compile(model) if case.compile else model
+    net = torch.compile(model) if case.compile and case.library == "diffusers" else model
 
     if case.task == "train":  # diffusers' examples/unconditional_image_generation step, with Trainer's optimizer
         model.train()
@@ -193,16 +193,12 @@ def make_work(case: Case) -> Callable[[], object]:
         return train_step
 
     model.eval()
+    if case.library == "pixeldiffusion":  # the user's path: Pipeline.sample, with its own precision and compile
+        pipeline = Pipeline(model, NoiseSchedule.from_config(), RunConfig(model=config))
+        settings = dict(sampler="ddim", steps=NFE, spacing="trailing", precision=case.precision, compile=case.compile)
+        return lambda: pipeline.sample(case.batch, batch_size=case.batch, **settings).images
+
     x_T = torch.randn(shape, device=device, generator=torch.Generator(device).manual_seed(0))
-    if case.library == "pixeldiffusion":
-        schedule = NoiseSchedule.from_config().to(device)
-
-        def sample_ours() -> torch.Tensor:
-            with autocast:
-                return sample(net, schedule, x_T, prediction="eps", sampler="ddim", steps=NFE)
-
-        return sample_ours
-
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", timestep_spacing="trailing")
 
     def sample_diffusers() -> torch.Tensor:

@@ -118,7 +118,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    sampler: str = "ddim"  # ddpm or ddim
+    sampler: str = "ddim"  # ddpm, ddim, dpmpp_2m or heun (see sampling.SAMPLERS)
     steps: int = 50  # number of network evaluations (grid steps from T to 0)
     eta: float = 0.0  # DDIM noise: sigma = eta * sqrt(posterior variance); 0 deterministic, 1 DDPM-like
     spacing: str = "trailing"  # which time steps a shorter grid visits: trailing, leading or linspace
