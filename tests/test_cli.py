@@ -79,3 +79,18 @@ def test_sampling_errors_on_a_trained_run(tmp_path):
 def test_python_dash_m_and_help():
     result = run_cli("train", "--help")
     assert result.returncode == 0 and "--max-steps" in result.stdout and "peak learning rate" in result.stdout
+
+
+def test_the_mnist_recipes_are_the_measured_ones_and_flags_override_them():
+    from pixeldiffusion.cli import apply, parser
+    from pixeldiffusion.config import default_config
+
+    for dataset in ("mnist", "fashion-mnist"):
+        config = default_config(dataset)
+        assert (config.prediction, config.train.weighting, config.model.image_size) == ("v", "min_snr", 28)
+        assert (config.sample.sampler, config.sample.steps) == ("dpmpp_2m", 20)
+    assert default_config("fashion-mnist").data.hflip and not default_config("mnist").data.hflip
+    assert default_config("digits").prediction == "eps"
+    args = parser().parse_args(["train", "--dataset", "mnist", "--prediction", "eps", "--weighting", "none"])
+    config = apply(default_config("mnist"), args)
+    assert (config.prediction, config.train.weighting, config.sample.sampler) == ("eps", "none", "dpmpp_2m")

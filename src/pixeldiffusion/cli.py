@@ -255,7 +255,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="a config.json to start from (e.g. from an earlier run)")
     t.add_argument("--out", help="run directory (default: runs/DATASET)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint and stored config")
-    t.add_argument("--prediction", choices=("eps", "x0", "v"), help="what the network predicts (default: eps)")
+    t.add_argument(
+        "--prediction",
+        choices=("eps", "x0", "v"),
+        help="what the network predicts (default: the recipe's: v for mnist and fashion-mnist, eps otherwise)",
+    )
     add_fields(t, DataConfig)
     add_fields(t, TrainConfig)
     add_fields(t, ScheduleConfig, rename={"kind": "schedule"})
