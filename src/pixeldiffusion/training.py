@@ -434,6 +434,9 @@ def train(
     trainer = Trainer(config, run_dir, model=model, resume=resume, callbacks=callbacks)
     final = trainer.run()
     if dist.is_initialized():
+        # together: a process that tore its group down and exited while the main one still wrote the last
+        # checkpoint died in gloo's teardown now and then (SIGABRT), failing the whole launch
+        dist.barrier()
         dist.destroy_process_group()
     if not trainer.process.is_main:
         return None
