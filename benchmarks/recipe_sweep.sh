@@ -8,13 +8,17 @@ cd "$(dirname "$0")/.."
 MINUTES=${1:-5}; shift || true
 DATA=${DATA:-../shared/data/mnist}
 OUT=benchmarks/results/recipe-sweep-mnist.jsonl
+# Flags on top of the recipe (v-prediction with min-SNR weighting since stop 14; the lines named "default" in the
+# results file ran before that, when the recipe was eps-prediction, like [eps] here).
 declare -A VARIANTS=(
   [default]=""
+  [eps]="--prediction eps --weighting none"
   [v-minsnr]="--prediction v --weighting min_snr"
   [lr2e-3]="--lr 2e-3"
   [cosine]="--schedule cosine"
   [attention7]="--attention-resolutions 7"
   [batch64]="--batch-size 64"
+  [wide]="--base-channels 64"
   [ema250]="--ema-halflife 250"
 )
 for name in "${@:-default v-minsnr lr2e-3 cosine}"; do

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from pixeldiffusion.distributed import use_compile
+from pixeldiffusion.distributed import use_channels_last, use_compile
 from pixeldiffusion.models import UNet
 from pixeldiffusion.models.blocks import Attention
 from pixeldiffusion.objectives import denoising_loss
@@ -91,6 +91,16 @@ def trained_weights(tmp_path, name: str, **train) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
+def test_channels_last_training_takes_the_same_steps_as_contiguous(tmp_path):
+    nchw = trained_weights(tmp_path, "nchw", channels_last=False)
+    nhwc = trained_weights(tmp_path, "nhwc", channels_last=True)
+    for name, value in nchw.items():
+        torch.testing.assert_close(nhwc[name], value, atol=1e-5, rtol=1e-4, msg=name)
+    trainer = Trainer(tiny_config(channels_last=True), tmp_path / "layout")
+    assert trainer.model.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert trainer.ema.stem.weight.is_contiguous(), "the EMA copy samples, in the layout bf16 sampling prefers"
+
+
 @pytest.mark.slow
 def test_compiled_training_takes_the_same_steps_as_eager(tmp_path):
     eager = trained_weights(tmp_path, "eager")
@@ -147,3 +157,10 @@ def test_compile_unset_means_on_cuda_only_and_a_flag_overrides_it():
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert not use_compile(None, cpu) and use_compile(None, gpu)
     assert use_compile(True, cpu) and not use_compile(False, gpu)
+
+
+def test_channels_last_unset_means_cuda_and_fp32_on_the_cpu_and_a_flag_overrides_it():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert use_channels_last(None, gpu, bf16=True) and use_channels_last(None, cpu, bf16=False)
+    assert not use_channels_last(None, cpu, bf16=True)
+    assert use_channels_last(True, cpu, bf16=True) and not use_channels_last(False, gpu, bf16=False)

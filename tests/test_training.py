@@ -22,8 +22,9 @@ def test_ema_halflife_and_rampup():
     assert ema_decay(10**6, 500, 0.1) ** 500 == pytest.approx(0.5)
 
 
-def test_a_run_writes_its_files_and_a_resumed_run_continues_exactly(tmp_path, tiny):
-    cfg = tiny(max_steps=6, checkpoint_every=2)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_run_writes_its_files_and_a_resumed_run_continues_exactly(tmp_path, tiny, channels_last):
+    cfg = tiny(max_steps=6, checkpoint_every=2, channels_last=channels_last)
     straight = train(cfg, tmp_path / "straight")
     for name in ("config.json", "metrics.jsonl", "samples.png", "denoising.gif"):
         assert (straight.run_dir / name).stat().st_size > 0

@@ -153,3 +153,10 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"the optimizer state does not fit this model: {e}") from e
+    # Saved states are contiguous; a channels-last parameter needs its moments in its own layout, since fused
+    # AdamW on the CPU walks the four tensors' memory in step and silently mixes up elements otherwise.
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state[p].items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)

@@ -94,6 +94,7 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with bf16 instructions), fp32 or bf16
     compile: bool | None = None  # torch.compile the network: on, off, or unset: on where it pays (see README, Speed)
+    channels_last: bool | None = None  # NHWC activations: on, off, or unset: where they are faster (README, Speed)
 
     def __post_init__(self):
         _choice("lr decay", self.lr_decay, LR_DECAYS)

@@ -139,6 +139,12 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self.model = (model or UNet(config.model)).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        bf16 = distributed.use_bf16(tc.precision, self.device)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        # the trained weights and each batch in NHWC where that is faster; the EMA copy, which samples, stays NCHW
+        channels_last = distributed.use_channels_last(tc.channels_last, self.device, bf16)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
         self.step = 0
         self.first_bad = torch.tensor(-1, device=self.device)  # the first step with a NaN/inf loss or gradient
@@ -156,8 +162,6 @@ class Trainer:
         self.net: nn.Module = self.ddp or self.model
         if distributed.use_compile(tc.compile, self.device):
             self.net = torch.compile(self.net)
-        bf16 = distributed.use_bf16(tc.precision, self.device)
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
         self.generator = torch.Generator(self.device)
         self._epoch, self._order = -1, None
         self._stop_signal: str | None = None
@@ -192,7 +196,9 @@ class Trainer:
         cond = None
         if self.cond is not None:
             cond = drop_condition(self.cond[idx[mine]], drop[mine]) if tc.cond_dropout else self.cond[idx[mine]]
-        return x0, t[mine], eps[mine], cond
+        return x0.contiguous(memory_format=self.memory_format), t[mine], eps[mine].contiguous(
+            memory_format=self.memory_format
+        ), cond
 
     def learning_rate(self) -> float:
         """Linear warm-up, then cosine or linear decay to zero over the run (by steps, or by time for --minutes)."""
