@@ -88,9 +88,9 @@ def test_the_mnist_recipes_are_the_measured_ones_and_flags_override_them():
     for dataset in ("mnist", "fashion-mnist"):
         config = default_config(dataset)
         assert (config.prediction, config.train.weighting, config.model.image_size) == ("v", "min_snr", 28)
-        assert (config.sample.sampler, config.sample.steps) == ("dpmpp_2m", 20)
+        assert (config.sample.sampler, config.sample.steps) == ("ddpm", 50)
     assert default_config("fashion-mnist").data.hflip and not default_config("mnist").data.hflip
     assert default_config("digits").prediction == "eps"
     args = parser().parse_args(["train", "--dataset", "mnist", "--prediction", "eps", "--weighting", "none"])
     config = apply(default_config("mnist"), args)
-    assert (config.prediction, config.train.weighting, config.sample.sampler) == ("eps", "none", "dpmpp_2m")
+    assert (config.prediction, config.train.weighting, config.sample.sampler) == ("eps", "none", "ddpm")

@@ -210,13 +210,14 @@ def field_type(cls: type, name: str) -> type:
 # 6.9M-parameter "mnist" preset trains about 8x slower on a CPU and is the one to choose on a GPU (--preset mnist).
 # Their objective is v-prediction with min-SNR weighting: after 5 CPU minutes it scored a classifier Frechet distance
 # of 3.78 against 132 for eps-prediction, and after 30 minutes 0.292 against 0.281 (README, "MNIST in 30 CPU minutes").
-# Their sampler is DPM-Solver++(2M) at 20 steps, the best of the quality-against-NFE curve at that cost.
+# Their sampler is DDPM at 50 steps: on the 30-minute MNIST run it scored 0.157 at n = 10,000, against 0.218 for
+# DPM-Solver++(2M) at 10 steps (the pick for speed) and 0.292 at 20 (README, "Fewer steps at the same quality").
 _SMALL_IMAGES: dict[str, Any] = {
     "preset": "digits",
     "model": {"image_size": 28},
     "prediction": "v",
     "train": {"lr": 1e-3, "weighting": "min_snr", "max_steps": 20000},
-    "sample": {"sampler": "dpmpp_2m", "steps": 20},
+    "sample": {"sampler": "ddpm", "steps": 50},
 }
 RECIPES: dict[str, dict[str, Any]] = {
     "digits": {"preset": "digits", "train": {"batch_size": 64, "lr": 1e-3, "max_steps": 2000}},
