@@ -196,9 +196,12 @@ class Trainer:
         cond = None
         if self.cond is not None:
             cond = drop_condition(self.cond[idx[mine]], drop[mine]) if tc.cond_dropout else self.cond[idx[mine]]
-        return x0.contiguous(memory_format=self.memory_format), t[mine], eps[mine].contiguous(
-            memory_format=self.memory_format
-        ), cond
+        return (
+            x0.contiguous(memory_format=self.memory_format),
+            t[mine],
+            eps[mine].contiguous(memory_format=self.memory_format),
+            cond,
+        )
 
     def learning_rate(self) -> float:
         """Linear warm-up, then cosine or linear decay to zero over the run (by steps, or by time for --minutes)."""
