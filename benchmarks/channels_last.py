@@ -12,33 +12,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from pixeldiffusion.config import RunConfig, TrainConfig
-from pixeldiffusion.training import Trainer
-from speed import SIZES, RandomImages, cpu_snapshot, host_info, others_cpu, wait_for_idle
-
-
-def trainer(size: str, batch: int, precision: str, channels_last: bool) -> Trainer:
-    config = SIZES[size].config
-    torch.manual_seed(0)
-    run = RunConfig(
-        data=RandomImages(channels=config.in_channels, count=4 * batch),
-        model=config,
-        train=TrainConfig(batch_size=batch, precision=precision, compile=False, channels_last=channels_last),
-    )
-    return Trainer(run, Path(tempfile.gettempdir()) / "pixeldiffusion-benchmark")  # writes nothing there
+from speed import SIZES, benchmark_trainer, cpu_snapshot, host_info, others_cpu, wait_for_idle
 
 
 def compare(size: str, batch: int, precision: str, rounds: int, steps: int) -> dict:
     """Median images/s of each layout over `rounds` alternating blocks of `steps` steps."""
-    trainers = {
-        layout: trainer(size, batch, precision, layout == "channels_last") for layout in ("nchw", "channels_last")
-    }
+    trainers = {}
+    for layout in ("nchw", "channels_last"):
+        trainers[layout] = benchmark_trainer(
+            SIZES[size].config, batch, precision=precision, compile=False, channels_last=layout == "channels_last"
+        )
     for t in trainers.values():
         for _ in range(3):  # warm-up: oneDNN picks its kernels
             t.train_step()

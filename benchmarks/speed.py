@@ -151,6 +151,18 @@ class RandomImages(DataConfig):
         return ImageData(name="random", images=torch.randint(0, 256, shape, dtype=torch.uint8, generator=g))
 
 
+def benchmark_trainer(config: UNetConfig, batch: int, **train) -> Trainer:
+    """The real Trainer on random pictures, in training mode; `train`: TrainConfig fields (precision, compile...)."""
+    run = RunConfig(
+        data=RandomImages(channels=config.in_channels, count=4 * batch),
+        model=config,
+        train=TrainConfig(batch_size=batch, **train),
+    )
+    trainer = Trainer(run, Path(tempfile.gettempdir()) / "pixeldiffusion-benchmark")  # writes nothing there
+    trainer.model.train()
+    return trainer
+
+
 def make_work(case: Case) -> Callable[[], object]:
     """Build the case's model and return a function doing one unit of its work."""
     config, device = SIZES[case.size].config, torch.device(case.device)
@@ -158,16 +170,9 @@ def make_work(case: Case) -> Callable[[], object]:
     shape = (case.batch, config.in_channels, config.image_size, config.image_size)
 
     if case.task == "train" and case.library == "pixeldiffusion":
-        run = RunConfig(
-            data=RandomImages(channels=config.in_channels, count=4 * case.batch),
-            model=config,
-            train=TrainConfig(
-                batch_size=case.batch, device=case.device, precision=case.precision, compile=case.compile
-            ),
-        )
-        trainer = Trainer(run, Path(tempfile.gettempdir()) / "pixeldiffusion-benchmark")  # writes nothing there
-        trainer.model.train()
-        return trainer.train_step
+        return benchmark_trainer(
+            config, case.batch, device=case.device, precision=case.precision, compile=case.compile
+        ).train_step
 
     model = build(case.library, config, device)
     net = torch.compile(model) if case.compile and case.library == "diffusers" else model
