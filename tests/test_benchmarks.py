@@ -1,4 +1,5 @@
-"""The benchmarks run on tiny models (speed.py, the diffusers baseline, the NFE curve); no time is asserted."""
+"""The benchmarks run on tiny models (speed.py, the diffusers baseline, the NFE curve, the A/B comparisons); no time
+is asserted."""
 
 import argparse
 import importlib
@@ -87,3 +88,11 @@ def test_channels_last_benchmark_times_both_layouts_of_the_real_trainer(monkeypa
     assert set(record["images_per_s"]) == {"nchw", "channels_last"}
     assert all(len(s) == 2 for s in record["seconds_per_step"].values())
     assert record["ratio_channels_last"] > 0 and record["others_cpu"] >= 0
+
+
+def test_attention_benchmark_times_the_three_kernels(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    attention = importlib.import_module("attention")
+    record = attention.compare((2, 2, 9, 8), rounds=2, repeats=1)
+    assert set(record["ms"]) == {"bf16", "routed", "fp32"} and all(ms > 0 for ms in record["ms"].values())
+    assert (record["tokens"], record["head_dim"]) == (9, 8) and record["speedup_routed"] > 0

@@ -4,11 +4,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import tiny_config
 from pixeldiffusion.distributed import use_channels_last, use_compile
 from pixeldiffusion.models import UNet
-from pixeldiffusion.models.blocks import Attention
+from pixeldiffusion.models.blocks import Attention, attend
 from pixeldiffusion.objectives import denoising_loss
 from pixeldiffusion.pipeline import Pipeline
 from pixeldiffusion.schedule import NoiseSchedule
@@ -164,3 +165,16 @@ def test_channels_last_unset_means_cuda_and_fp32_on_the_cpu_and_a_flag_overrides
     assert use_channels_last(None, gpu, bf16=True) and use_channels_last(None, cpu, bf16=False)
     assert not use_channels_last(None, cpu, bf16=True)
     assert use_channels_last(True, cpu, bf16=True) and not use_channels_last(False, gpu, bf16=False)
+
+
+@pytest.mark.parametrize("tokens, head_dim, routed", [(49, 16, True), (256, 64, False)])
+def test_bf16_attention_runs_small_cpu_heads_in_fp32(tokens, head_dim, routed):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, tokens, head_dim, generator=g) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attend(*(x.bfloat16() for x in (q, k, v)))
+    bf16 = F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    fp32 = F.scaled_dot_product_attention(*(x.bfloat16().float() for x in (q, k, v))).bfloat16()
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, fp32 if routed else bf16)
+    torch.testing.assert_close(out.float(), F.scaled_dot_product_attention(q, k, v), atol=2e-2, rtol=2e-2)

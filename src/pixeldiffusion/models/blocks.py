@@ -86,8 +86,24 @@ class Attention(nn.Module):
         B, C, H, W = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
         q, k, v = self.qkv(tokens).reshape(B, H * W, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H * W, C)
+        h = attend(q, k, v).transpose(1, 2).reshape(B, H * W, C)
         return x + self.out(h).transpose(1, 2).reshape(B, C, H, W)
+
+
+# Below this many elements per head (tokens x head dimension), bf16 attention on the CPU runs in fp32.
+SMALL_HEAD = 16384
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (B, heads, L, d) tensors, in the fused attention kernel.
+
+    On the CPU, bf16 heads with L * d < SMALL_HEAD go through the fp32 kernel: for them torch 2.13's bf16 CPU
+    kernel (forward + backward) is 1.2-8x slower, above the limit mostly faster (`benchmarks/attention.py`)."""
+    L, d = q.shape[-2:]
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and L * d < SMALL_HEAD:
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 def _flatten_1x1_convs(state_dict: dict, prefix: str, *args) -> None:
