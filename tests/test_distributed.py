@@ -58,6 +58,13 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs):
     assert_same_training(runs / "single", runs / "two")
 
 
+@pytest.mark.slow
+def test_compiled_two_processes_equal_one_eager(runs, tmp_path):
+    """torch.compile of the step's forward half around the DDP module keeps DDP's gradient averaging."""
+    launch(2, "--out", str(tmp_path / "compiled"), "--max-steps", "4", "--compile")
+    assert_same_training(runs / "single", tmp_path / "compiled")
+
+
 def test_only_the_main_process_writes(runs):
     files = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*"))  # noqa: E731
     assert files(runs / "two") == files(runs / "single")

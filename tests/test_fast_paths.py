@@ -10,7 +10,6 @@ from conftest import tiny_config
 from pixeldiffusion.distributed import use_channels_last, use_compile
 from pixeldiffusion.models import UNet
 from pixeldiffusion.models.blocks import Attention, attend
-from pixeldiffusion.objectives import denoising_loss
 from pixeldiffusion.pipeline import Pipeline
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.training import Trainer
@@ -119,9 +118,7 @@ def first_gradients(tmp_path, name: str, **train) -> dict[str, torch.Tensor]:
         p.data += 0.05 * torch.randn_like(p)
     x0, t, eps, cond = trainer.draw(0)
     with trainer.autocast:
-        denoising_loss(
-            trainer.net, trainer.schedule, x0, t, eps, cond, prediction=trainer.config.prediction
-        ).mean().backward()
+        trainer.loss(x0, t, eps, cond).mean().backward()
     return {k: p.grad.clone() for k, p in trainer.model.named_parameters()}
 
 

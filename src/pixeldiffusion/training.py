@@ -160,8 +160,9 @@ class Trainer:
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None
             )
         self.net: nn.Module = self.ddp or self.model
-        if distributed.use_compile(tc.compile, self.device):
-            self.net = torch.compile(self.net)
+        # the forward half of a step as one graph when compiled: forward process, network and weighted loss
+        compiled = distributed.use_compile(tc.compile, self.device)
+        self.loss = torch.compile(self.forward_loss) if compiled else self.forward_loss
         self.generator = torch.Generator(self.device)
         self._epoch, self._order = -1, None
         self._stop_signal: str | None = None
@@ -203,6 +204,23 @@ class Trainer:
             cond,
         )
 
+    def forward_loss(
+        self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, cond: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The weighted per-image loss (B,) of a micro-batch, with the run's prediction target, loss and weighting."""
+        tc = self.config.train
+        return denoising_loss(
+            self.net,
+            self.schedule,
+            x0,
+            t,
+            eps,
+            cond,
+            prediction=self.config.prediction,
+            loss=tc.loss,
+            weighting=tc.weighting,
+        )
+
     def learning_rate(self) -> float:
         """Linear warm-up, then cosine or linear decay to zero over the run (by steps, or by time for --minutes)."""
         tc = self.config.train
@@ -229,20 +247,8 @@ class Trainer:
             part = slice(i * micro, (i + 1) * micro)
             last = i == tc.grad_accum - 1
             with self.autocast, self.ddp.no_sync() if self.ddp and not last else contextlib.nullcontext():
-                loss = (
-                    denoising_loss(
-                        self.net,
-                        self.schedule,
-                        x0[part],
-                        t[part],
-                        eps[part],
-                        cond[part] if cond is not None else None,
-                        prediction=self.config.prediction,
-                        loss=tc.loss,
-                        weighting=tc.weighting,
-                    ).mean()
-                    / tc.grad_accum
-                )
+                loss = self.loss(x0[part], t[part], eps[part], cond[part] if cond is not None else None).mean()
+                loss = loss / tc.grad_accum
                 loss.backward()
             total += loss.detach()
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip or float("inf"))
