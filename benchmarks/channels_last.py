@@ -1,8 +1,10 @@
-"""Channels-last against contiguous training, interleaved in one process: the measurement behind the default of
-`TrainConfig.channels_last` (distributed.use_channels_last).
+"""Channels-last against contiguous training and sampling, interleaved in one process: the measurement behind the
+default of `TrainConfig.channels_last` and `SampleConfig.channels_last` (distributed.use_channels_last).
 
-Two Trainers of the same size and precision, one per memory layout, take alternating blocks of steps (the order
-flipped every round), so a drift of the machine's speed falls on both alike. Prints one JSON record per precision.
+Two Trainers (or Pipelines) of the same size and precision, one per memory layout, take alternating blocks of
+steps (the order flipped every round), so a drift of the machine's speed falls on both alike. A training step is
+one optimizer step; a sampling step is one `Pipeline.sample` call of SAMPLE_NFE network evaluations. Prints one
+JSON record per task and precision.
 
     .venv/bin/python benchmarks/channels_last.py --out benchmarks/results/channels-last-2026-11-27.jsonl
 """
@@ -10,36 +12,54 @@ flipped every round), so a drift of the machine's speed falls on both alike. Pri
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from pixeldiffusion import NoiseSchedule, Pipeline, RunConfig, UNet
 from speed import SIZES, benchmark_trainer, cpu_snapshot, host_info, others_cpu, wait_for_idle
 
+SAMPLE_NFE = 4
 
-def compare(size: str, batch: int, precision: str, rounds: int, steps: int) -> dict:
-    """Median images/s of each layout over `rounds` alternating blocks of `steps` steps."""
-    trainers = {}
-    for layout in ("nchw", "channels_last"):
-        trainers[layout] = benchmark_trainer(
-            SIZES[size].config, batch, precision=precision, compile=False, channels_last=layout == "channels_last"
+
+def layout_work(task: str, size: str, batch: int, precision: str, channels_last: bool) -> Callable[[], object]:
+    """One training step, or one sampling run, of a model in the given layout."""
+    if task == "train":
+        trainer = benchmark_trainer(
+            SIZES[size].config, batch, precision=precision, compile=False, channels_last=channels_last
         )
-    for t in trainers.values():
+        return trainer.train_step
+    config = SIZES[size].config
+    pipeline = Pipeline(UNet(config), NoiseSchedule.from_config(), RunConfig(model=config))
+    settings = dict(sampler="ddim", steps=SAMPLE_NFE, precision=precision, channels_last=channels_last)
+    return lambda: pipeline.sample(batch, batch_size=batch, **settings)
+
+
+def compare(task: str, size: str, batch: int, precision: str, rounds: int, steps: int) -> dict:
+    """Median images/s of each layout over `rounds` alternating blocks of `steps` steps."""
+    work = {
+        layout: layout_work(task, size, batch, precision, layout == "channels_last")
+        for layout in ("nchw", "channels_last")
+    }
+    for step in work.values():
         for _ in range(3):  # warm-up: oneDNN picks its kernels
-            t.train_step()
-    seconds: dict[str, list[float]] = {layout: [] for layout in trainers}
+            step()
+    seconds: dict[str, list[float]] = {layout: [] for layout in work}
     start = cpu_snapshot()
     for r in range(rounds):
-        for layout in list(trainers)[:: 1 if r % 2 == 0 else -1]:
+        for layout in list(work)[:: 1 if r % 2 == 0 else -1]:
             begin = time.perf_counter()
             for _ in range(steps):
-                trainers[layout].train_step()
+                work[layout]()
             seconds[layout].append((time.perf_counter() - begin) / steps)
     speed = {layout: batch / statistics.median(s) for layout, s in seconds.items()}
     return {
+        "task": task,
         "size": size,
         "batch": batch,
         "precision": precision,
@@ -54,6 +74,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="mnist-small", choices=sorted(SIZES))
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--tasks", default="train,sample")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--steps", type=int, default=5, help="training steps per timed block")
@@ -62,8 +83,8 @@ def main() -> None:
     if not wait_for_idle(0.2, 900, loadavg=False):
         print("warning: the machine stayed busy; the records say how busy")
     host = host_info(torch.device("cpu"))
-    for precision in args.precisions.split(","):
-        record = {"host": host, **compare(args.size, args.batch, precision, args.rounds, args.steps)}
+    for task, precision in itertools.product(args.tasks.split(","), args.precisions.split(",")):
+        record = {"host": host, **compare(task, args.size, args.batch, precision, args.rounds, args.steps)}
         print(json.dumps({k: v for k, v in record.items() if k not in ("host", "seconds_per_step")}), flush=True)
         if args.out:
             with args.out.open("a") as f:

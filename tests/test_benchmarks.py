@@ -81,13 +81,14 @@ def test_nfe_curve_steps_spend_the_requested_evaluations(monkeypatch):
         assert budget <= spent <= budget + 1 and spent % 2 == 1
 
 
-def test_channels_last_benchmark_times_both_layouts_of_the_real_trainer(monkeypatch):
+def test_channels_last_benchmark_times_both_layouts_of_the_real_trainer_and_pipeline(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     channels_last = importlib.import_module("channels_last")
-    record = channels_last.compare("tiny", batch=2, precision="fp32", rounds=2, steps=1)
-    assert set(record["images_per_s"]) == {"nchw", "channels_last"}
-    assert all(len(s) == 2 for s in record["seconds_per_step"].values())
-    assert record["ratio_channels_last"] > 0 and record["others_cpu"] >= 0
+    for task in ("train", "sample"):
+        record = channels_last.compare(task, "tiny", batch=2, precision="fp32", rounds=2, steps=1)
+        assert set(record["images_per_s"]) == {"nchw", "channels_last"}
+        assert all(len(s) == 2 for s in record["seconds_per_step"].values())
+        assert record["ratio_channels_last"] > 0 and record["others_cpu"] >= 0
 
 
 def test_attention_benchmark_times_the_three_kernels(monkeypatch):

@@ -175,3 +175,11 @@ def test_bf16_attention_runs_small_cpu_heads_in_fp32(tokens, head_dim, routed):
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, fp32 if routed else bf16)
     torch.testing.assert_close(out.float(), F.scaled_dot_product_attention(q, k, v), atol=2e-2, rtol=2e-2)
+
+
+def test_channels_last_sampling_gives_the_contiguous_images(pipe):
+    nchw = pipe.sample(guidance=2.0, channels_last=False).images
+    assert pipe.model.stem.weight.is_contiguous()
+    nhwc = pipe.sample(guidance=2.0, channels_last=True).images
+    assert pipe.model.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nhwc, nchw, atol=1e-4, rtol=0)  # the kernels sum in another order

@@ -131,6 +131,7 @@ class SampleConfig:
     batch_size: int = 256  # images per forward pass (larger requests are split, and halved if memory runs out)
     precision: str = "fp32"  # the network: fp32, bf16 (autocast) or auto (bf16 on CUDA and CPUs with bf16 support)
     compile: bool = False  # torch.compile the network for sampling (CUDA graphs on a GPU)
+    channels_last: bool | None = None  # NHWC weights and activations: on, off, or unset: where they are faster
 
     def __post_init__(self):
         from pixeldiffusion.sampling import SAMPLERS

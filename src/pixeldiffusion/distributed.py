@@ -66,9 +66,10 @@ def use_compile(setting: bool | None, device: torch.device) -> bool:
 
 
 def use_channels_last(setting: bool | None, device: torch.device, bf16: bool) -> bool:
-    """channels_last unset: train with NHWC activations on CUDA (what its tensor-core convolutions want) and in fp32
-    on the CPU, where oneDNN's convolutions made the MNIST training step 8% faster here; not in bf16 on the CPU,
-    where they made it 16% slower (benchmarks/channels_last.py; README, Speed)."""
+    """channels_last unset: train and sample with NHWC weights and activations on CUDA (what its tensor-core
+    convolutions want) and in fp32 on the CPU, where oneDNN's convolutions made MNIST training 8% and sampling 15%
+    faster here; not in bf16 on the CPU, where they made them 16% and 23% slower (benchmarks/channels_last.py;
+    README, Speed)."""
     return setting if setting is not None else device.type == "cuda" or not bf16
 
 

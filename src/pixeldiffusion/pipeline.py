@@ -16,7 +16,7 @@ from pixeldiffusion import checkpoint as ckpt
 from pixeldiffusion.checkpoint import write_atomic
 from pixeldiffusion.config import RunConfig, SampleConfig, from_dict
 from pixeldiffusion.data import to_uint8
-from pixeldiffusion.distributed import resolve_device, use_bf16
+from pixeldiffusion.distributed import resolve_device, use_bf16, use_channels_last
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.models import UNet
 from pixeldiffusion.sampling import Callback, sample, timestep_grid
@@ -131,14 +131,17 @@ class Pipeline:
 
     def network(self, config: SampleConfig) -> Callable[..., torch.Tensor]:
         """The network as the sampler calls it: compiled once on first use if config.compile (with CUDA graphs on a
-        GPU), under bf16 autocast if config.precision asks for it, its output always fp32 and the caller's own."""
+        GPU), under bf16 autocast if config.precision asks for it, its output always fp32 and the caller's own.
+        Its weights are put in the memory format config.channels_last asks for (in place)."""
+        bf16 = use_bf16(config.precision, self.device)
+        channels_last = use_channels_last(config.channels_last, self.device, bf16)
+        self.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         model, graphs = self.model, False
         if config.compile:
             graphs = self.device.type == "cuda"
             if self._compiled is None:
                 self._compiled = torch.compile(self.model, mode="reduce-overhead" if graphs else None, dynamic=False)
             model = self._compiled
-        bf16 = use_bf16(config.precision, self.device)
         if not (bf16 or graphs):
             return model
 

@@ -141,7 +141,7 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         bf16 = distributed.use_bf16(tc.precision, self.device)
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
-        # the trained weights and each batch in NHWC where that is faster; the EMA copy, which samples, stays NCHW
+        # the trained weights and each batch in NHWC where that is faster (the EMA takes the layout it samples in)
         channels_last = distributed.use_channels_last(tc.channels_last, self.device, bf16)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
