@@ -27,23 +27,27 @@ from speed import SIZES, benchmark_trainer, cpu_snapshot, host_info, others_cpu,
 SAMPLE_NFE = 4
 
 
-def layout_work(task: str, size: str, batch: int, precision: str, channels_last: bool) -> Callable[[], object]:
+def layout_work(
+    task: str, size: str, batch: int, precision: str, compile: bool, channels_last: bool
+) -> Callable[[], object]:
     """One training step, or one sampling run, of a model in the given layout."""
     if task == "train":
         trainer = benchmark_trainer(
-            SIZES[size].config, batch, precision=precision, compile=False, channels_last=channels_last
+            SIZES[size].config, batch, precision=precision, compile=compile, channels_last=channels_last
         )
         return trainer.train_step
     config = SIZES[size].config
     pipeline = Pipeline(UNet(config), NoiseSchedule.from_config(), RunConfig(model=config))
-    settings = dict(sampler="ddim", steps=SAMPLE_NFE, precision=precision, channels_last=channels_last)
+    settings = dict(
+        sampler="ddim", steps=SAMPLE_NFE, precision=precision, compile=compile, channels_last=channels_last
+    )
     return lambda: pipeline.sample(batch, batch_size=batch, **settings)
 
 
-def compare(task: str, size: str, batch: int, precision: str, rounds: int, steps: int) -> dict:
+def compare(task: str, size: str, batch: int, precision: str, rounds: int, steps: int, compile: bool = False) -> dict:
     """Median images/s of each layout over `rounds` alternating blocks of `steps` steps."""
     work = {
-        layout: layout_work(task, size, batch, precision, layout == "channels_last")
+        layout: layout_work(task, size, batch, precision, compile, layout == "channels_last")
         for layout in ("nchw", "channels_last")
     }
     for step in work.values():
@@ -63,6 +67,7 @@ def compare(task: str, size: str, batch: int, precision: str, rounds: int, steps
         "size": size,
         "batch": batch,
         "precision": precision,
+        "compile": compile,
         "images_per_s": speed,
         "ratio_channels_last": speed["channels_last"] / speed["nchw"],
         "seconds_per_step": seconds,
@@ -76,6 +81,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--tasks", default="train,sample")
     p.add_argument("--precisions", default="fp32,bf16")
+    p.add_argument("--compile", action="store_true", help="torch.compile both layouts")
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--steps", type=int, default=5, help="training steps per timed block")
     p.add_argument("--out", type=Path, help="JSON-lines file the records are appended to")
@@ -84,7 +90,10 @@ def main() -> None:
         print("warning: the machine stayed busy; the records say how busy")
     host = host_info(torch.device("cpu"))
     for task, precision in itertools.product(args.tasks.split(","), args.precisions.split(",")):
-        record = {"host": host, **compare(task, args.size, args.batch, precision, args.rounds, args.steps)}
+        record = {
+            "host": host,
+            **compare(task, args.size, args.batch, precision, args.rounds, args.steps, args.compile),
+        }
         print(json.dumps({k: v for k, v in record.items() if k not in ("host", "seconds_per_step")}), flush=True)
         if args.out:
             with args.out.open("a") as f:

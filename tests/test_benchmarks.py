@@ -97,3 +97,11 @@ def test_attention_benchmark_times_the_three_kernels(monkeypatch):
     record = attention.compare((2, 2, 9, 8), rounds=2, repeats=1)
     assert set(record["ms"]) == {"bf16", "routed", "fp32"} and all(ms > 0 for ms in record["ms"].values())
     assert (record["tokens"], record["head_dim"]) == (9, 8) and record["speedup_routed"] > 0
+
+
+def test_profile_lists_the_operators_of_a_step_and_a_sampling_run(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    profile_ops = importlib.import_module("profile_ops")
+    for task in ("train", "sample"):
+        step = profile_ops.work(task, "tiny", batch=2, precision="fp32", compile=False, channels_last=None)
+        assert "aten::mkldnn_convolution" in profile_ops.profile_table(step, repeats=1, rows=50)
