@@ -3,9 +3,15 @@
 # (DPM-Solver++ at 20 steps, bf16, classifier Frechet distance) and append one line per variant to
 # benchmarks/results/recipe-sweep-mnist.jsonl. Run one at a time on an idle machine:
 #     bash benchmarks/recipe_sweep.sh [MINUTES] [VARIANT ...]
+# With STEPS=N in the environment each variant trains N steps instead (MINUTES is then ignored), which compares
+# variants that differ in speed at equal work:
+#     STEPS=600 bash benchmarks/recipe_sweep.sh 0 default fp32
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-5}; shift || true
+STEPS=${STEPS:-}
+BUDGET="--minutes $MINUTES"; TAG=${MINUTES}min
+if [[ -n $STEPS ]]; then BUDGET="--max-steps $STEPS"; TAG=${STEPS}steps; fi
 DATA=${DATA:-../shared/data/mnist}
 OUT=benchmarks/results/recipe-sweep-mnist.jsonl
 # Flags on top of the recipe (v-prediction with min-SNR weighting since stop 14; the lines named "default" in the
@@ -20,20 +26,24 @@ declare -A VARIANTS=(
   [batch64]="--batch-size 64"
   [wide]="--base-channels 64"
   [ema250]="--ema-halflife 250"
+  [fp32]="--precision fp32"
 )
 for name in "${@:-default v-minsnr lr2e-3 cosine}"; do
   for variant in $name; do
-    run=runs/sweep/ours-$variant-${MINUTES}min
+    run=runs/sweep/ours-$variant-$TAG
     rm -rf "$run"
-    python -m pixeldiffusion train --dataset mnist --data-dir "$DATA" --minutes "$MINUTES" --out "$run" ${VARIANTS[$variant]}
+    python -m pixeldiffusion train --dataset mnist --data-dir "$DATA" $BUDGET --out "$run" ${VARIANTS[$variant]}
     python -m pixeldiffusion eval --run "$run" --data-dir "$DATA" --n 1000 --sampler dpmpp_2m --steps 20 --precision bf16
-    python - "$run" "$variant" "$MINUTES" "${VARIANTS[$variant]}" >> "$OUT" <<'PY'
+    python - "$run" "$variant" "$BUDGET" "${VARIANTS[$variant]}" >> "$OUT" <<'PY'
 import json, sys
-run, variant, minutes, flags = sys.argv[1:]
+run, variant, budget, flags = sys.argv[1:]
 lines = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
 train = [r for r in lines if "loss" in r][-1]
-print(json.dumps({"variant": variant, "flags": flags, "minutes": float(minutes), "steps": train["step"],
-                  "images_per_s": train["images_per_s"], **[r for r in lines if r.get("kind") == "eval"][-1]}))
+kind, amount = budget.split()
+limit = {"minutes": float(amount)} if kind == "--minutes" else {"max_steps": int(amount)}
+print(json.dumps({"variant": variant, "flags": flags, **limit, "steps": train["step"],
+                  "training_minutes": train["elapsed_s"] / 60, "images_per_s": train["images_per_s"],
+                  **[r for r in lines if r.get("kind") == "eval"][-1]}))
 PY
   done
 done

@@ -60,8 +60,9 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs):
 
 @pytest.mark.slow
 def test_compiled_two_processes_equal_one_eager(runs, tmp_path):
-    """torch.compile of the step's forward half around the DDP module keeps DDP's gradient averaging."""
-    launch(2, "--out", str(tmp_path / "compiled"), "--max-steps", "4", "--compile")
+    """torch.compile of the step's forward half around the DDP module keeps DDP's gradient averaging exact, with
+    two micro-batches (DDP's no_sync on the first)."""
+    launch(2, "--out", str(tmp_path / "compiled"), "--max-steps", "4", "--compile", "--grad-accum", "2")
     assert_same_training(runs / "single", tmp_path / "compiled")
 
 
