@@ -33,7 +33,7 @@ def tiny_config(**train) -> RunConfig:
                 **train,
             },
         ),
-        sample=replace(cfg.sample, steps=3, n=4),
+        sample=replace(cfg.sample, steps=3, n=4, precision="fp32"),  # fp32: tests compare samples bit for bit
     )
 
 
@@ -44,7 +44,8 @@ def tiny():
 
 # The tiny model and a short run as command-line flags (the CLI's counterpart of tiny_config).
 TINY_FLAGS = ["--base-channels", "8", "--norm-groups", "4", "--attention-heads", "1", "--batch-size", "16",
-              "--log-every", "1", "--precision", "fp32", "--sample-steps", "2", "--warmup-steps", "2"]  # fmt: skip
+              "--log-every", "1", "--precision", "fp32", "--sample-steps", "2", "--sample-precision", "fp32",
+              "--warmup-steps", "2"]  # fmt: skip
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:

@@ -129,7 +129,7 @@ class SampleConfig:
     n: int = 64  # number of images
     seed: int = 0  # seed of the sampling noise
     batch_size: int = 256  # images per forward pass (larger requests are split, and halved if memory runs out)
-    precision: str = "fp32"  # the network: fp32, bf16 (autocast) or auto (bf16 on CUDA and CPUs with bf16 support)
+    precision: str = "auto"  # the network: auto (bf16 on CUDA and on CPUs with bf16 instructions), fp32 or bf16
     compile: bool = False  # torch.compile the network for sampling (CUDA graphs on a GPU)
     channels_last: bool | None = None  # NHWC weights and activations: on, off, or unset: where they are faster
 
