@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pixeldiffusion.models.blocks import attend_in_fp32
 from speed import cpu_snapshot, host_info, others_cpu, wait_for_idle
 
 # (batch, heads, L, d): the 7x7 attention of the digits and mnist presets, CIFAR-10's 16x16, and neighbours
@@ -39,13 +40,9 @@ SHAPES = (
 )
 
 
-def routed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
-
-
 KERNELS = {
     "bf16": (torch.bfloat16, F.scaled_dot_product_attention),
-    "routed": (torch.bfloat16, routed),
+    "routed": (torch.bfloat16, attend_in_fp32),
     "fp32": (torch.float32, F.scaled_dot_product_attention),
 }
 

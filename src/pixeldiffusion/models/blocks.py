@@ -101,9 +101,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     kernel (forward + backward) is 1.2-8x slower, above the limit mostly faster (`benchmarks/attention.py`)."""
     L, d = q.shape[-2:]
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and L * d < SMALL_HEAD:
-        with torch.autocast("cpu", enabled=False):
-            return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+        return attend_in_fp32(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
+
+
+def attend_in_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention computed by the fp32 kernel whatever the inputs' dtype (and autocast), returned in their dtype."""
+    with torch.autocast(q.device.type, enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
 
 
 def _flatten_1x1_convs(state_dict: dict, prefix: str, *args) -> None:
