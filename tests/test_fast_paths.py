@@ -151,10 +151,11 @@ def test_cuda_training_compiled_in_bf16_stays_close_to_fp32(tmp_path):
         torch.testing.assert_close(fast[name], value, atol=2e-2, rtol=5e-2, msg=name)
 
 
-def test_compile_unset_means_on_cuda_only_and_a_flag_overrides_it():
+def test_compile_unset_means_cuda_and_long_cpu_runs_and_a_flag_overrides_it():
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert not use_compile(None, cpu) and use_compile(None, gpu)
-    assert use_compile(True, cpu) and not use_compile(False, gpu)
+    assert not use_compile(None, cpu, minutes=5) and use_compile(None, cpu, minutes=30)
+    assert use_compile(True, cpu) and not use_compile(False, gpu) and not use_compile(False, cpu, minutes=30)
 
 
 def test_channels_last_unset_means_cuda_and_fp32_on_the_cpu_and_a_flag_overrides_it():

@@ -161,7 +161,7 @@ class Trainer:
             )
         self.net: nn.Module = self.ddp or self.model
         # the forward half of a step as one graph when compiled: forward process, network and weighted loss
-        compiled = distributed.use_compile(tc.compile, self.device)
+        compiled = distributed.use_compile(tc.compile, self.device, tc.minutes or 0.0)
         self.loss = torch.compile(self.forward_loss) if compiled else self.forward_loss
         self.generator = torch.Generator(self.device)
         self._epoch, self._order = -1, None
