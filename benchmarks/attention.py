@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from pixeldiffusion.models.blocks import attend_in_fp32
-from speed import cpu_snapshot, host_info, others_cpu, wait_for_idle
+from speed import host_info, interleaved, wait_for_idle
 
 # (batch, heads, L, d): the 7x7 attention of the digits and mnist presets, CIFAR-10's 16x16, and neighbours
 SHAPES = (
@@ -57,17 +56,9 @@ def compare(shape: tuple[int, int, int, int], rounds: int, repeats: int) -> dict
         def step(q=q, k=k, v=v, kernel=kernel) -> None:
             kernel(q, k, v).float().sum().backward()
 
-        step()  # warm-up
         work[name] = step
-    ms: dict[str, list[float]] = {name: [] for name in work}
-    start = cpu_snapshot()
-    for r in range(rounds):
-        for name in list(work)[:: 1 if r % 2 == 0 else -1]:
-            begin = time.perf_counter()
-            for _ in range(repeats):
-                work[name]()
-            ms[name].append(1000 * (time.perf_counter() - begin) / repeats)
-    median = {name: statistics.median(t) for name, t in ms.items()}
+    timing = interleaved(work, rounds=rounds, repeats=repeats, warmup=1)
+    median = {name: 1000 * statistics.median(t) for name, t in timing["seconds"].items()}
     B, heads, L, d = shape
     return {
         "batch": B,
@@ -76,7 +67,7 @@ def compare(shape: tuple[int, int, int, int], rounds: int, repeats: int) -> dict
         "head_dim": d,
         "ms": median,
         "speedup_routed": median["bf16"] / median["routed"],
-        "others_cpu": others_cpu(start, cpu_snapshot()),
+        "others_cpu": timing["others_cpu"],
     }
 
 

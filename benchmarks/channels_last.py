@@ -15,14 +15,13 @@ import argparse
 import itertools
 import json
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from pixeldiffusion import NoiseSchedule, Pipeline, RunConfig, UNet
-from speed import SIZES, benchmark_trainer, cpu_snapshot, host_info, others_cpu, wait_for_idle
+from speed import SIZES, benchmark_trainer, host_info, interleaved, wait_for_idle
 
 SAMPLE_NFE = 4
 
@@ -50,17 +49,8 @@ def compare(task: str, size: str, batch: int, precision: str, rounds: int, steps
         layout: layout_work(task, size, batch, precision, compile, layout == "channels_last")
         for layout in ("nchw", "channels_last")
     }
-    for step in work.values():
-        for _ in range(3):  # warm-up: oneDNN picks its kernels
-            step()
-    seconds: dict[str, list[float]] = {layout: [] for layout in work}
-    start = cpu_snapshot()
-    for r in range(rounds):
-        for layout in list(work)[:: 1 if r % 2 == 0 else -1]:
-            begin = time.perf_counter()
-            for _ in range(steps):
-                work[layout]()
-            seconds[layout].append((time.perf_counter() - begin) / steps)
+    timing = interleaved(work, rounds=rounds, repeats=steps, warmup=3)  # warm-up: oneDNN picks its kernels
+    seconds = timing["seconds"]
     speed = {layout: batch / statistics.median(s) for layout, s in seconds.items()}
     return {
         "task": task,
@@ -71,7 +61,7 @@ def compare(task: str, size: str, batch: int, precision: str, rounds: int, steps
         "images_per_s": speed,
         "ratio_channels_last": speed["channels_last"] / speed["nchw"],
         "seconds_per_step": seconds,
-        "others_cpu": others_cpu(start, cpu_snapshot()),
+        "others_cpu": timing["others_cpu"],
     }
 
 

@@ -277,6 +277,24 @@ def timed(work: Callable[[], object], *, warmup: int, repeats: int, device: torc
     }
 
 
+def interleaved(work: dict[str, Callable[[], object]], *, rounds: int, repeats: int, warmup: int) -> dict:
+    """Seconds per call of each variant of `work`, timed in `rounds` alternating blocks of `repeats` calls (the order
+    flipped every round, so a drift of the machine's speed falls on all alike) after `warmup` untimed calls each;
+    with the cores other processes kept busy meanwhile."""
+    for call in work.values():
+        for _ in range(warmup):
+            call()
+    seconds: dict[str, list[float]] = {name: [] for name in work}
+    start = cpu_snapshot()
+    for r in range(rounds):
+        for name in list(work)[:: 1 if r % 2 == 0 else -1]:
+            begin = time.perf_counter()
+            for _ in range(repeats):
+                work[name]()
+            seconds[name].append((time.perf_counter() - begin) / repeats)
+    return {"seconds": seconds, "others_cpu": others_cpu(start, cpu_snapshot())}
+
+
 def peak_flops(device: torch.device, size: int, repeats: int, max_load: float) -> dict:
     """The machine's matmul FLOP/s in fp32 and bf16: the best of several size x size products."""
     result = {"matmul_size": size}
