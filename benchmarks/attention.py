@@ -1,11 +1,13 @@
-"""bf16 attention on the CPU: the fused bf16 kernel against the same heads in fp32, forward and backward. The
-measurement behind `models.blocks.SMALL_HEAD`, the size below which `attend` runs bf16 heads in fp32.
+"""bf16 attention on the CPU: the fused bf16 kernel against the same heads in fp32, forward and backward (training)
+or forward alone (sampling). The measurement behind `models.blocks.SMALL_HEAD`, the size below which `attend` runs
+bf16 heads in fp32 when they need a gradient.
 
 Each shape (batch, heads, tokens L, head dimension d) is timed three ways, interleaved: "bf16" (the bf16 flash
 kernel), "routed" (bf16 in, fp32 kernel, bf16 out: what `attend` does below the limit) and "fp32". Prints one JSON
 record per shape.
 
     .venv/bin/python benchmarks/attention.py --out benchmarks/results/attention-2026-11-27.jsonl
+    .venv/bin/python benchmarks/attention.py --forward --out benchmarks/results/attention-forward-2026-11-27.jsonl
 """
 
 from __future__ import annotations
@@ -46,15 +48,19 @@ KERNELS = {
 }
 
 
-def compare(shape: tuple[int, int, int, int], rounds: int, repeats: int) -> dict:
-    """Median milliseconds of forward + backward for each kernel, over `rounds` interleaved blocks."""
+def compare(shape: tuple[int, int, int, int], rounds: int, repeats: int, *, backward: bool) -> dict:
+    """Median milliseconds of forward (+ backward) for each kernel, over `rounds` interleaved blocks."""
     g = torch.Generator().manual_seed(0)
     work = {}
     for name, (dtype, kernel) in KERNELS.items():
-        q, k, v = (torch.randn(shape, generator=g).to(dtype).requires_grad_() for _ in range(3))
+        q, k, v = (torch.randn(shape, generator=g).to(dtype).requires_grad_(backward) for _ in range(3))
 
         def step(q=q, k=k, v=v, kernel=kernel) -> None:
-            kernel(q, k, v).float().sum().backward()
+            if backward:
+                kernel(q, k, v).float().sum().backward()
+            else:
+                with torch.inference_mode():
+                    kernel(q, k, v)
 
         work[name] = step
     timing = interleaved(work, rounds=rounds, repeats=repeats, warmup=1)
@@ -65,6 +71,7 @@ def compare(shape: tuple[int, int, int, int], rounds: int, repeats: int) -> dict
         "heads": heads,
         "tokens": L,
         "head_dim": d,
+        "pass": "forward+backward" if backward else "forward",
         "ms": median,
         "speedup_routed": median["bf16"] / median["routed"],
         "others_cpu": timing["others_cpu"],
@@ -74,14 +81,15 @@ def compare(shape: tuple[int, int, int, int], rounds: int, repeats: int) -> dict
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--repeats", type=int, default=3, help="forward + backward passes per timed block")
+    p.add_argument("--repeats", type=int, default=3, help="passes per timed block")
+    p.add_argument("--forward", action="store_true", help="time the forward pass alone, as sampling runs it")
     p.add_argument("--out", type=Path, help="JSON-lines file the records are appended to")
     args = p.parse_args()
     if not wait_for_idle(0.2, 900, loadavg=False):
         print("warning: the machine stayed busy; the records say how busy")
     host = host_info(torch.device("cpu"))
     for shape in SHAPES:
-        record = compare(shape, args.rounds, args.repeats)
+        record = compare(shape, args.rounds, args.repeats, backward=not args.forward)
         print(json.dumps(record), flush=True)
         if args.out:
             with args.out.open("a") as f:

@@ -94,9 +94,11 @@ def test_channels_last_benchmark_times_both_layouts_of_the_real_trainer_and_pipe
 def test_attention_benchmark_times_the_three_kernels(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     attention = importlib.import_module("attention")
-    record = attention.compare((2, 2, 9, 8), rounds=2, repeats=1)
-    assert set(record["ms"]) == {"bf16", "routed", "fp32"} and all(ms > 0 for ms in record["ms"].values())
-    assert (record["tokens"], record["head_dim"]) == (9, 8) and record["speedup_routed"] > 0
+    for backward, name in ((True, "forward+backward"), (False, "forward")):
+        record = attention.compare((2, 2, 9, 8), rounds=2, repeats=1, backward=backward)
+        assert set(record["ms"]) == {"bf16", "routed", "fp32"} and all(ms > 0 for ms in record["ms"].values())
+        assert (record["tokens"], record["head_dim"], record["pass"]) == (9, 8, name)
+        assert record["speedup_routed"] > 0
 
 
 def test_profile_lists_the_operators_of_a_step_and_a_sampling_run(monkeypatch):

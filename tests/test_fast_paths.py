@@ -165,12 +165,14 @@ def test_channels_last_unset_means_cuda_and_fp32_on_the_cpu_and_a_flag_overrides
     assert use_channels_last(True, cpu, bf16=True) and not use_channels_last(False, gpu, bf16=False)
 
 
-@pytest.mark.parametrize("tokens, head_dim, routed", [(49, 16, True), (256, 64, False)])
-def test_bf16_attention_runs_small_cpu_heads_in_fp32(tokens, head_dim, routed):
+@pytest.mark.parametrize(
+    "tokens, head_dim, grad, routed", [(49, 16, True, True), (256, 64, True, False), (49, 16, False, False)]
+)
+def test_bf16_attention_runs_small_cpu_heads_needing_a_gradient_in_fp32(tokens, head_dim, grad, routed):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 2, tokens, head_dim, generator=g) for _ in range(3))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = attend(*(x.bfloat16() for x in (q, k, v)))
+        out = attend(*(x.bfloat16().requires_grad_(grad) for x in (q, k, v)))
     bf16 = F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
     fp32 = F.scaled_dot_product_attention(*(x.bfloat16().float() for x in (q, k, v))).bfloat16()
     assert out.dtype == torch.bfloat16

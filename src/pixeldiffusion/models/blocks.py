@@ -90,17 +90,19 @@ class Attention(nn.Module):
         return x + self.out(h).transpose(1, 2).reshape(B, C, H, W)
 
 
-# Below this many elements per head (tokens x head dimension), bf16 attention on the CPU runs in fp32.
+# Below this many elements per head (tokens x head dimension), bf16 attention on the CPU that needs a gradient
+# runs in fp32.
 SMALL_HEAD = 16384
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over (B, heads, L, d) tensors, in the fused attention kernel.
 
-    On the CPU, bf16 heads with L * d < SMALL_HEAD go through the fp32 kernel: for them torch 2.13's bf16 CPU
-    kernel (forward + backward) is 1.2-8x slower, above the limit mostly faster (`benchmarks/attention.py`)."""
+    On the CPU, bf16 heads with L * d < SMALL_HEAD that need a gradient go through the fp32 kernel: for them torch
+    2.13's bf16 CPU kernel (forward + backward) is 1.2-8x slower, above the limit mostly faster. Its forward alone
+    is faster than the fp32 route at almost every size, so sampling keeps it (`benchmarks/attention.py`)."""
     L, d = q.shape[-2:]
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and L * d < SMALL_HEAD:
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad and L * d < SMALL_HEAD:
         return attend_in_fp32(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
 
