@@ -4,6 +4,7 @@ account of the share of the peak.
 
     .venv/bin/python benchmarks/profile_ops.py --task sample --precision bf16 --compile
     .venv/bin/python benchmarks/profile_ops.py --task train --precision bf16 --channels-last
+    .venv/bin/python benchmarks/profile_ops.py --task sample --precision bf16 --compile --library diffusers
 """
 
 from __future__ import annotations
@@ -16,11 +17,22 @@ import torch._inductor.config
 from torch.profiler import ProfilerActivity, profile
 
 from pixeldiffusion import NoiseSchedule, Pipeline, RunConfig, UNet
-from speed import SIZES, benchmark_trainer
+from speed import SIZES, Case, benchmark_trainer, make_work
 
 
-def work(task: str, size: str, batch: int, precision: str, compile: bool, channels_last: bool | None) -> Callable:
-    """One training step, or one sampling run of 20 DDIM evaluations, as the benchmarks time them."""
+def work(
+    task: str,
+    size: str,
+    batch: int,
+    precision: str,
+    compile: bool,
+    channels_last: bool | None,
+    library: str = "pixeldiffusion",
+) -> Callable:
+    """One training step, or one sampling run of 20 DDIM evaluations, as the benchmarks time them (diffusers':
+    exactly speed.py's case, in its own layout)."""
+    if library == "diffusers":
+        return make_work(Case(size, library, task, precision, compile, batch, "cpu"))
     config = SIZES[size].config
     if task == "train":
         train = dict(precision=precision, compile=compile, channels_last=channels_last)
@@ -38,12 +50,15 @@ def profile_table(step: Callable, repeats: int, rows: int) -> str:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(repeats):
             step()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=80)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=80)
+    per_call = sum(e.self_cpu_time_total for e in prof.key_averages()) / repeats / 1e6
+    return f"{table}{per_call:.3f} s of CPU time per call, profiled\n"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=("train", "sample"), default="train")
+    p.add_argument("--library", choices=("pixeldiffusion", "diffusers"), default="pixeldiffusion")
     p.add_argument("--size", default="mnist-small", choices=sorted(SIZES))
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
@@ -53,7 +68,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=25)
     args = p.parse_args()
     torch._inductor.config.cpp.enable_kernel_profile = True  # name inductor's kernels in the table
-    step = work(args.task, args.size, args.batch, args.precision, args.compile, args.channels_last)
+    step = work(args.task, args.size, args.batch, args.precision, args.compile, args.channels_last, args.library)
     print(profile_table(step, args.repeats, args.rows))
 
 

@@ -105,5 +105,7 @@ def test_profile_lists_the_operators_of_a_step_and_a_sampling_run(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     profile_ops = importlib.import_module("profile_ops")
     for task in ("train", "sample"):
-        step = profile_ops.work(task, "tiny", batch=2, precision="fp32", compile=False, channels_last=None)
-        assert "aten::mkldnn_convolution" in profile_ops.profile_table(step, repeats=1, rows=50)
+        for library in ("pixeldiffusion", "diffusers"):
+            step = profile_ops.work(task, "tiny", 2, "fp32", compile=False, channels_last=None, library=library)
+            table = profile_ops.profile_table(step, repeats=1, rows=50)
+            assert "aten::mkldnn_convolution" in table and "s of CPU time per call" in table
