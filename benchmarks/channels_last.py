@@ -15,38 +15,21 @@ import argparse
 import itertools
 import json
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from pixeldiffusion import NoiseSchedule, Pipeline, RunConfig, UNet
-from speed import SIZES, benchmark_trainer, host_info, interleaved, wait_for_idle
+from speed import SIZES, Case, host_info, interleaved, make_work, wait_for_idle
 
 SAMPLE_NFE = 4
-
-
-def layout_work(
-    task: str, size: str, batch: int, precision: str, compile: bool, channels_last: bool
-) -> Callable[[], object]:
-    """One training step, or one sampling run, of a model in the given layout."""
-    if task == "train":
-        trainer = benchmark_trainer(
-            SIZES[size].config, batch, precision=precision, compile=compile, channels_last=channels_last
-        )
-        return trainer.train_step
-    config = SIZES[size].config
-    pipeline = Pipeline(UNet(config), NoiseSchedule.from_config(), RunConfig(model=config))
-    settings = dict(
-        sampler="ddim", steps=SAMPLE_NFE, precision=precision, compile=compile, channels_last=channels_last
-    )
-    return lambda: pipeline.sample(batch, batch_size=batch, **settings)
 
 
 def compare(task: str, size: str, batch: int, precision: str, rounds: int, steps: int, compile: bool = False) -> dict:
     """Median images/s of each layout over `rounds` alternating blocks of `steps` steps."""
     work = {
-        layout: layout_work(task, size, batch, precision, compile, layout == "channels_last")
+        layout: make_work(
+            Case(size, "pixeldiffusion", task, precision, compile, batch, "cpu", layout == "channels_last", SAMPLE_NFE)
+        )
         for layout in ("nchw", "channels_last")
     }
     timing = interleaved(work, rounds=rounds, repeats=steps, warmup=3)  # warm-up: oneDNN picks its kernels

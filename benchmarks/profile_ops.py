@@ -16,31 +16,7 @@ import torch
 import torch._inductor.config
 from torch.profiler import ProfilerActivity, profile
 
-from pixeldiffusion import NoiseSchedule, Pipeline, RunConfig, UNet
-from speed import SIZES, Case, benchmark_trainer, make_work
-
-
-def work(
-    task: str,
-    size: str,
-    batch: int,
-    precision: str,
-    compile: bool,
-    channels_last: bool | None,
-    library: str = "pixeldiffusion",
-) -> Callable:
-    """One training step, or one sampling run of 20 DDIM evaluations, as the benchmarks time them (diffusers':
-    exactly speed.py's case, in its own layout)."""
-    if library == "diffusers":
-        return make_work(Case(size, library, task, precision, compile, batch, "cpu"))
-    config = SIZES[size].config
-    if task == "train":
-        train = dict(precision=precision, compile=compile, channels_last=channels_last)
-        return benchmark_trainer(config, batch, **train).train_step
-    torch.manual_seed(0)
-    pipeline = Pipeline(UNet(config), NoiseSchedule.from_config(), RunConfig(model=config))
-    settings = dict(sampler="ddim", steps=20, precision=precision, compile=compile, channels_last=channels_last)
-    return lambda: pipeline.sample(batch, batch_size=batch, **settings)
+from speed import SIZES, Case, make_work
 
 
 def profile_table(step: Callable, repeats: int, rows: int) -> str:
@@ -68,7 +44,9 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=25)
     args = p.parse_args()
     torch._inductor.config.cpp.enable_kernel_profile = True  # name inductor's kernels in the table
-    step = work(args.task, args.size, args.batch, args.precision, args.compile, args.channels_last, args.library)
+    # one training step, or one sampling run of 20 DDIM evaluations, exactly as speed.py times them
+    fields = (args.size, args.library, args.task, args.precision, args.compile, args.batch, "cpu")
+    step = make_work(Case(*fields, channels_last=args.channels_last))
     print(profile_table(step, args.repeats, args.rows))
 
 

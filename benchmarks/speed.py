@@ -77,11 +77,13 @@ class Case:
 
     size: str
     library: str
-    task: str  # "train": one optimizer step; "sample": one sampling run of NFE network evaluations
+    task: str  # "train": one optimizer step; "sample": one sampling run of `nfe` network evaluations
     precision: str
     compile: bool
     batch: int
     device: str  # "cpu" or "cuda"
+    channels_last: bool | None = None  # pixeldiffusion's layout; None: its default (diffusers always runs NCHW)
+    nfe: int = NFE  # network evaluations per sampling run
 
 
 # -- the matched networks ----------------------------------------------------------------------------
@@ -170,9 +172,8 @@ def make_work(case: Case) -> Callable[[], object]:
     shape = (case.batch, config.in_channels, config.image_size, config.image_size)
 
     if case.task == "train" and case.library == "pixeldiffusion":
-        return benchmark_trainer(
-            config, case.batch, device=case.device, precision=case.precision, compile=case.compile
-        ).train_step
+        train = dict(precision=case.precision, compile=case.compile, channels_last=case.channels_last)
+        return benchmark_trainer(config, case.batch, device=case.device, **train).train_step
 
     model = build(case.library, config, device)
     net = torch.compile(model) if case.compile and case.library == "diffusers" else model
@@ -200,14 +201,15 @@ def make_work(case: Case) -> Callable[[], object]:
     model.eval()
     if case.library == "pixeldiffusion":  # the user's path: Pipeline.sample, with its own precision and compile
         pipeline = Pipeline(model, NoiseSchedule.from_config(), RunConfig(model=config))
-        settings = dict(sampler="ddim", steps=NFE, spacing="trailing", precision=case.precision, compile=case.compile)
+        settings = dict(sampler="ddim", steps=case.nfe, spacing="trailing", precision=case.precision)
+        settings |= dict(compile=case.compile, channels_last=case.channels_last)
         return lambda: pipeline.sample(case.batch, batch_size=case.batch, **settings).images
 
     x_T = torch.randn(shape, device=device, generator=torch.Generator(device).manual_seed(0))
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", timestep_spacing="trailing")
 
     def sample_diffusers() -> torch.Tensor:
-        scheduler.set_timesteps(NFE, device=device)
+        scheduler.set_timesteps(case.nfe, device=device)
         x = x_T
         with torch.inference_mode(), autocast:
             for t in scheduler.timesteps:

@@ -106,6 +106,6 @@ def test_profile_lists_the_operators_of_a_step_and_a_sampling_run(monkeypatch):
     profile_ops = importlib.import_module("profile_ops")
     for task in ("train", "sample"):
         for library in ("pixeldiffusion", "diffusers"):
-            step = profile_ops.work(task, "tiny", 2, "fp32", compile=False, channels_last=None, library=library)
+            step = profile_ops.make_work(profile_ops.Case("tiny", library, task, "fp32", False, 2, "cpu"))
             table = profile_ops.profile_table(step, repeats=1, rows=50)
             assert "aten::mkldnn_convolution" in table and "s of CPU time per call" in table
