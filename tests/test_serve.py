@@ -1,6 +1,7 @@
 """The web page of `pixeldiffusion serve`: requests out of bounds are refused with a message, a generation streams
-its frames then the PNG `pixeldiffusion sample` makes, concurrent requests wait their turn, and the page works in a
-real headless browser (Debian's chromium, driven by Selenium through chromium-driver)."""
+its frames then the PNG `pixeldiffusion sample` makes, concurrent requests wait their turn, requests for another
+name (DNS rebinding) or from another site's page are refused, slow clients and connections are bounded, and the page
+works in a real headless browser (Debian's chromium, driven by Selenium through chromium-driver)."""
 
 import base64
 import http.client
@@ -9,6 +10,7 @@ import json
 import math
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -32,7 +34,7 @@ from pixeldiffusion.pipeline import Pipeline
 from pixeldiffusion.sampling import SAMPLERS
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.serve import make_server
-from pixeldiffusion.serve.generation import generate
+from pixeldiffusion.serve.generation import Frame, generate
 from pixeldiffusion.serve.request import MAX_IMAGES, MAX_STEPS
 from pixeldiffusion.training import train
 from pixeldiffusion.visualize import auto_scale, image_grid
@@ -66,9 +68,9 @@ def pipe(run_dir):
 
 
 @contextmanager
-def serving(pipe):
-    """A server for the pipeline on a free loopback port, answering from a thread of its own."""
-    with make_server(pipe, port=0) as server:
+def serving(pipe, host="127.0.0.1"):
+    """A server for the pipeline on a free port of `host`, answering from a thread of its own."""
+    with make_server(pipe, host=host, port=0) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
@@ -83,12 +85,28 @@ def server(pipe):
         yield server
 
 
-def request(server, body, *, content_type="application/json") -> http.client.HTTPResponse:
+def request(server, body, *, content_type="application/json", headers=None) -> http.client.HTTPResponse:
     """POST /api/generate with a JSON body (or raw bytes); the answer is read by the caller."""
     connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=60)
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    connection.request("POST", "/api/generate", body=data, headers={"Content-Type": content_type})
+    connection.request("POST", "/api/generate", body=data, headers={"Content-Type": content_type, **(headers or {})})
     return connection.getresponse()
+
+
+def get(server, path="/api/model", headers=None, address="127.0.0.1") -> http.client.HTTPResponse:
+    """GET a path (the Host header is the address's unless given); the answer is read by the caller."""
+    connection = http.client.HTTPConnection(address, server.server_port, timeout=60)
+    connection.request("GET", path, headers=headers or {})
+    return connection.getresponse()
+
+
+def raw(server, data: bytes) -> tuple[int, dict]:
+    """The status and JSON body of the answer to bytes sent as they are on a fresh connection."""
+    with socket.create_connection(("127.0.0.1", server.server_port), timeout=60) as connection:
+        connection.sendall(data)
+        response = http.client.HTTPResponse(connection)
+        response.begin()
+        return response.status, json.loads(response.read())
 
 
 def messages(response):
@@ -179,6 +197,151 @@ def test_the_server_listens_on_loopback_by_default(pipe):
     with make_server(pipe, port=0) as server:
         assert server.server_address[0] == "127.0.0.1"
     assert parser().parse_args(["serve", "--run", "runs/digits"]).host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("name", ["attacker.example", "127.0.0.1.attacker.example", "localhost:1", "127.0.0.1@x"])
+def test_a_request_for_another_name_is_refused(server, name):
+    """DNS rebinding: a page of attacker.example, its name now pointing at 127.0.0.1, sends Host: attacker.example."""
+    host = name if ":" in name else f"{name}:{server.server_port}"
+    refusal = {"error": f"the Host header {host!r} does not name this server: open {server.url}"}
+    response = get(server, "/", headers={"Host": host})
+    assert (response.status, json.loads(response.read())) == (403, refusal)
+    response = request(server, {"steps": 2}, headers={"Host": host})
+    assert (response.status, json.loads(response.read())) == (403, refusal)
+
+
+def test_a_request_without_a_host_is_refused(server):
+    status, answer = raw(server, b"GET /api/model HTTP/1.0\r\n\r\n")
+    assert (status, answer) == (403, {"error": f"the Host header '' does not name this server: open {server.url}"})
+
+
+@pytest.mark.parametrize("name", ["127.0.0.1", "localhost", "LocalHost", "[::1]"])
+def test_the_names_of_loopback_are_answered(server, name):
+    response = get(server, headers={"Host": f"{name}:{server.server_port}"})
+    assert response.status == 200 and json.loads(response.read())["name"] == "model"
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://attacker.example", "http://attacker.example:{port}", "null", "https://127.0.0.1:{port}"]
+)
+def test_a_post_from_a_page_of_another_site_is_refused(server, origin):
+    origin = origin.format(port=server.server_port)
+    response = request(server, {"steps": 2}, headers={"Origin": origin})
+    assert response.status == 403
+    assert json.loads(response.read()) == {"error": f"a page of {origin} may not post here: open {server.url}"}
+
+
+@pytest.mark.parametrize("origin", ["http://127.0.0.1:{port}", "http://localhost:{port}", None])
+def test_a_post_from_the_page_itself_or_no_page_is_taken(server, origin):
+    headers = {"Origin": origin.format(port=server.server_port)} if origin else {}
+    response = request(server, {"steps": MAX_STEPS + 1}, headers=headers)  # past the gate: judged on its fields
+    assert response.status == 400 and "steps must be" in json.loads(response.read())["error"]
+
+
+def test_a_server_on_every_address_answers_its_numeric_addresses_and_its_name(pipe):
+    with make_server(pipe, host="0.0.0.0", port=0) as server:
+        port = server.server_port
+        for name in ("192.0.2.7", "[2001:db8::7]", "0.0.0.0", "localhost", socket.gethostname()):
+            assert server.names_this_server(f"{name}:{port}"), name
+        assert not server.names_this_server(f"attacker.example:{port}")
+        assert not server.names_this_server(f"192.0.2.7:{port + 1}")
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here")
+def test_the_server_listens_on_ipv6_loopback(pipe):
+    with serving(pipe, host="::1") as server:
+        assert server.url == f"http://[::1]:{server.server_port}/"
+        response = get(server, "/", address="::1")  # Host: [::1]:PORT
+        assert response.status == 200 and b"pixeldiffusion" in response.read()
+
+
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/api/model", "/nothing"])
+def test_every_answer_forbids_framing_by_other_pages(server, path):
+    response = get(server, path)
+    response.read()
+    policy = response.getheader("Content-Security-Policy")
+    assert "frame-ancestors 'none'" in policy and "default-src 'self'" in policy
+    assert response.getheader("X-Frame-Options") == "DENY"
+
+
+@pytest.mark.parametrize(
+    "data, status, error",
+    [
+        (b"PUT / HTTP/1.0\r\n\r\n", 501, "Unsupported method ('PUT')"),
+        (b"NONSENSE\r\n\r\n", 400, "Bad request syntax ('NONSENSE')"),
+    ],
+    ids=["method", "request-line"],
+)
+def test_a_malformed_request_gets_a_json_error(server, data, status, error):
+    assert raw(server, data) == (status, {"error": error})
+
+
+def test_a_slow_or_silent_client_is_cut_off_without_holding_up_others(pipe, monkeypatch):
+    monkeypatch.setattr(server_module, "REQUEST_S", 0.5)
+    with serving(pipe) as server:
+        address = ("127.0.0.1", server.server_port)
+        with (
+            socket.create_connection(address, timeout=60) as silent,
+            socket.create_connection(address, timeout=60) as slow,
+        ):
+            slow.sendall(f"GET /api/model HTTP/1.0\r\nHost: 127.0.0.1:{server.server_port}\r\n".encode())  # no end
+            assert get(server).status == 200  # answered meanwhile
+            assert silent.recv(1024) == b""  # closed by the server, well before the client's 60 s
+            response = http.client.HTTPResponse(slow)
+            response.begin()
+            assert response.status == 408
+            assert json.loads(response.read()) == {"error": "the request took more than 0.5 s to arrive"}
+
+
+def test_connections_beyond_the_bound_wait_to_be_accepted(pipe, monkeypatch):
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(server_module, "REQUEST_S", 60.0)  # the two silent connections are not cut off meanwhile
+    with serving(pipe) as server:
+        address = ("127.0.0.1", server.server_port)
+        first, second = (socket.create_connection(address, timeout=60) for _ in range(2))  # silent: both held
+        with second, socket.create_connection(address, timeout=1) as third:
+            with first:
+                third.sendall(f"GET /api/model HTTP/1.0\r\nHost: 127.0.0.1:{server.server_port}\r\n\r\n".encode())
+                with pytest.raises(TimeoutError):  # not served while two connections are
+                    third.recv(1024)
+            third.settimeout(60)  # the first gone, the third is served
+            response = http.client.HTTPResponse(third)
+            response.begin()
+            assert response.status == 200
+
+
+def test_a_page_that_stops_reading_gives_up_the_turn(pipe, monkeypatch):
+    monkeypatch.setattr(server_module, "TIMEOUT_S", 0.5)
+    started = threading.Event()
+    noise = torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8)
+
+    def endless_frames(pipe, request, *, on_frame):  # frames until the socket buffers are full many times over
+        started.set()
+        for step in range(1, 101):
+            on_frame(Frame(step=step, steps=100, t=0, x_t=noise, x0=noise))
+        return noise
+
+    monkeypatch.setattr(server_module, "generate", endless_frames)
+    with serving(pipe) as server, socket.socket() as page:
+        page.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        page.connect(("127.0.0.1", server.server_port))
+        body = json.dumps({"steps": 2, "n": 1})
+        page.sendall(
+            f"POST /api/generate HTTP/1.0\r\nHost: 127.0.0.1:{server.server_port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        )  # and never reads the answer
+        assert started.wait(60)
+        assert server.turn.acquire(timeout=60), "the turn stayed with a page that reads nothing"
+        server.turn.release()
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +436,9 @@ def test_the_page_shows_why_a_request_is_refused(browser, page):
 def test_the_page_offers_the_condition_the_model_takes(browser):
     cfg = tiny_config()
     cfg = replace(cfg, model=replace(cfg.model, num_classes=0, context_dim=2))
-    pipe = Pipeline(UNet(cfg.model), NoiseSchedule.from_config(cfg.schedule), cfg, context_names=("hero", "food"))
+    pipe = Pipeline(
+        UNet(cfg.model), NoiseSchedule.from_config(cfg.diffusion.schedule), cfg, context_names=("hero", "food")
+    )
     with serving(pipe) as server:
         open_page(browser, f"http://127.0.0.1:{server.server_port}/")
         assert not browser.find_element(By.ID, "label-field").is_displayed()
