@@ -1,4 +1,6 @@
+import errno
 import os
+import stat
 
 import pytest
 import torch
@@ -62,6 +64,35 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)[1] == {"step": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]
+
+
+OPEN, FSYNC = os.open, os.fsync
+
+
+def open_refusing_directories(path, flags, *args, **kwargs):
+    """os.open on Windows, where a directory cannot be opened."""
+    if os.path.isdir(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+    return OPEN(path, flags, *args, **kwargs)
+
+
+def fsync_refusing_directories(fd):
+    """os.fsync on a file system that cannot fsync a directory."""
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    FSYNC(fd)
+
+
+@pytest.mark.parametrize(
+    "name, refusing",
+    [("open", open_refusing_directories), ("fsync", fsync_refusing_directories)],
+    ids=["windows-open", "einval-fsync"],
+)
+def test_the_directory_fsync_is_skipped_where_the_os_refuses_it(tmp_path, monkeypatch, name, refusing):
+    monkeypatch.setattr(os, name, refusing)
+    path = save_checkpoint(tmp_path / "run" / "c.safetensors", sample_tensors(), {"step": 1})
+    monkeypatch.undo()
+    assert load_checkpoint(path)[1] == {"step": 1}
 
 
 def test_latest_and_pruning(tmp_path):

@@ -9,6 +9,7 @@ configuration and training state. Loading never unpickles and never runs code fr
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -55,15 +56,27 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _sync_directory(path.parent)
     except OSError as e:
         with contextlib.suppress(OSError):  # e.g. no directory to remove it from
             tmp.unlink(missing_ok=True)
         raise CheckpointError(f"could not write {path}: {e.strerror or e}; earlier files are untouched") from e
+
+
+def _sync_directory(folder: Path) -> None:
+    """fsync a directory, so that a rename in it survives a power cut; skipped where the OS refuses: Windows cannot
+    open a directory (PermissionError), some file systems cannot fsync one (EINVAL)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except PermissionError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
 
 
 def remove_partial_writes(folder: Path) -> None:
