@@ -2,9 +2,11 @@
 
 import gzip
 import io
+import multiprocessing
 import os
 import pickle
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pixeldiffusion.data import ImageData, describe_datasets, formats, load_dataset, to_model_range, to_uint8
+from pixeldiffusion.data import ImageData, describe_datasets, formats, hub, load_dataset, to_model_range, to_uint8
 from pixeldiffusion.errors import PixelDiffusionError
 
 REAL_MNIST = Path(__file__).resolve().parents[2] / "shared/data/mnist"
@@ -170,6 +172,39 @@ def test_sprites_pair_by_folder_or_by_paths(tmp_path):
     assert torch.equal(by_paths.context, data.context)
 
 
+def test_sprites_any_one_images_and_labels_pair_in_the_folder(tmp_path):
+    images = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    labels = np.eye(5)[rng.integers(0, 5, 6)]
+    np.save(tmp_path / "x.npy", images)
+    np.save(tmp_path / "y.npy", labels)
+    (tmp_path / "z.npy").write_bytes(b"not an array")  # neither: ignored
+    for data in (load_dataset("sprites", data_dir=tmp_path), load_dataset("sprites", data_dir=tmp_path / "x.npy")):
+        assert torch.equal(data.images, torch.from_numpy(images).permute(0, 3, 1, 2))
+        assert torch.equal(data.context, torch.from_numpy(labels).float())
+
+
+@pytest.mark.parametrize(
+    ("files", "options", "message"),
+    [
+        (
+            ("a", "b", "labels"),
+            {},
+            r"and 2 other .npy files there look like images \(uint8, N x H x W x C\), a.npy, b",
+        ),
+        (("a",), {}, r"no sprite_labels_nc_1788_16x16.npy in .*, and 0 other .npy files there look like labels"),
+        (("a", "labels"), {"labels_path": "absent.npy"}, r"sprites: --labels-path absent.npy not found"),
+        ((), {"data_dir": "absent"}, r"sprites: --data-dir absent does not exist"),
+    ],
+)
+def test_sprites_files_that_cannot_be_told_apart_name_the_flags(tmp_path, files, options, message):
+    for name in files:
+        shape = (2, 5) if name == "labels" else (2, 16, 16, 3)
+        np.save(tmp_path / f"{name}.npy", np.zeros(shape, np.uint8))
+    with pytest.raises(PixelDiffusionError, match=message) as error:
+        load_dataset("sprites", **{"data_dir": tmp_path, **options})
+    assert "_path" not in str(error.value).replace(str(tmp_path), "")  # CLI flags, not API arguments
+
+
 def test_folder_of_mixed_pictures_with_class_subfolders(tmp_path):
     write_pictures(tmp_path / "pets")
     data = load_dataset(f"folder:{tmp_path / 'pets'}", image_size=8)
@@ -214,6 +249,53 @@ def test_hub_dataset_saved_locally(tmp_path):
         load_dataset(f"hf:{copy}:validation")
 
 
+@pytest.mark.parametrize(
+    ("spec", "parsed"),
+    [
+        ("org/name", ("org/name", None, None)),
+        ("org/name:test", ("org/name", None, "test")),
+        ("org/name@v1.0", ("org/name", "v1.0", None)),
+        ("org/name@0123abc:test", ("org/name", "0123abc", "test")),
+    ],
+)
+def test_hub_spec_names_a_revision_and_a_split(spec, parsed):
+    assert hub.parse_spec(spec) == parsed
+
+
+@pytest.mark.parametrize("spec", ["org/name@", "org/name:", "@v1", "org/name@:test"])
+def test_hub_spec_malformed(spec):
+    with pytest.raises(PixelDiffusionError, match=f"hf:{spec}: expected hf:NAME, optionally @REVISION"):
+        hub.parse_spec(spec)
+
+
+def test_hub_datasets_load_pinned_and_never_run_their_code(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    rows = {"image": [Image.new("L", (4, 4), 9), Image.new("L", (4, 4), 200)], "label": [0, 1]}
+    table = datasets.Dataset.from_dict(rows, features=features)
+    calls = []
+
+    def with_scripts(path, *, split=None, revision=None, trust_remote_code=None):  # datasets 2.16 to 3.x
+        calls.append((path, {"split": split, "revision": revision, "trust_remote_code": trust_remote_code}))
+        return table
+
+    def without_scripts(path, **options):  # datasets 4: no trust_remote_code argument at all
+        calls.append((path, options))
+        return table
+
+    monkeypatch.setattr(datasets, "load_dataset", with_scripts)
+    data = load_dataset("hf:org/name@v1.0:test", image_size=4)
+    assert data.labels.tolist() == [0, 1] and data.name == "hf:org/name@v1.0:test"
+    load_dataset("hf:org/name", image_size=4)
+    monkeypatch.setattr(datasets, "load_dataset", without_scripts)
+    load_dataset("hf:org/name@main", split="test", image_size=4)
+    assert calls == [
+        ("org/name", {"split": "test", "revision": "v1.0", "trust_remote_code": False}),
+        ("org/name", {"split": "train", "revision": None, "trust_remote_code": False}),
+        ("org/name", {"split": "test", "revision": "main"}),
+    ]
+
+
 def test_real_mnist_from_data_dir():
     if not REAL_MNIST.is_dir():
         pytest.skip(f"{REAL_MNIST} is absent")
@@ -244,6 +326,37 @@ def test_second_load_reads_the_cache_and_an_edited_source_is_decoded_again(tmp_p
     write_idx(tmp_path / "train-images-idx3-ubyte.gz", edited)
     os.utime(tmp_path / "train-images-idx3-ubyte.gz", ns=(1, 1))  # a new timestamp even on a coarse clock
     assert load_dataset("mnist", data_dir=tmp_path).images[0].max() == 0
+
+
+def decode_at_once(barrier, data_dir: Path) -> None:
+    """One of two processes loading the same dataset at the same moment (as torchrun's ranks do)."""
+    barrier.wait()
+    load_dataset("mnist", data_dir=data_dir)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the test forks; flock is POSIX")
+def test_processes_loading_at_once_decode_once(tmp_path, cache, monkeypatch):
+    images, _ = write_mnist(tmp_path)
+    log, read_idx = tmp_path / "decoded-by", formats.read_idx
+
+    def slow_read(path, *, ndim):
+        with log.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.3)  # time for the other process to look for the cache entry meanwhile
+        return read_idx(path, ndim=ndim)
+
+    monkeypatch.setattr(formats, "read_idx", slow_read)  # inherited by the forked processes
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(2)
+    workers = [context.Process(target=decode_at_once, args=(barrier, tmp_path)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert len(set(log.read_text().split())) == 1, "one process decoded, the other read its cache entry"
+    assert len(files_in(cache / "decoded")) == 1
+    assert torch.equal(load_dataset("mnist", data_dir=tmp_path).images[:, 0], torch.from_numpy(images))
 
 
 def test_describe_datasets_lists_every_name():

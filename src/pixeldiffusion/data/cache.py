@@ -14,9 +14,14 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; concurrent decodes then both decode, and the atomic rename keeps one whole
+    fcntl = None
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -71,17 +76,55 @@ def decoded_path(name: str, options: dict[str, object], sources: Sequence[Path])
     return cache_dir() / "decoded" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
 
+@contextmanager
+def exclusive(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a directory (flock, where the OS has it): other processes wait at the same call.
+
+    Locking the directory itself leaves no lock file behind. Where the file system refuses locks (some network
+    mounts), the block runs unlocked.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PixelDiffusionError(f"cannot write in {directory} ({e}); set {CACHE_ENV} to a writable directory") from e
+    if fcntl is None:
+        yield
+        return
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        with suppress(OSError):  # no locks on this file system: proceed unlocked
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
 def cached(path: Path, build: Callable[[], ImageData]) -> ImageData:
-    """The dataset kept at `path`; failing that, build it and keep it there."""
-    if path.exists():
-        try:
-            return _read(path)
-        except (SafetensorError, OSError, KeyError, ValueError):
-            path.unlink(missing_ok=True)  # a damaged cache entry: decode again
-    data = build()
-    with atomic_path(path) as temporary:
-        _write(temporary, data)
+    """The dataset kept at `path`; failing that, build it and keep it there.
+
+    Processes that ask at once (torchrun ranks) build it once: one decodes under the lock, the others wait for it
+    and then read its file.
+    """
+    if (data := _read_valid(path)) is not None:
+        return data
+    with exclusive(path.parent):
+        if (data := _read_valid(path)) is not None:  # another process built it while this one waited
+            return data
+        data = build()
+        with atomic_path(path) as temporary:
+            _write(temporary, data)
     return data
+
+
+def _read_valid(path: Path) -> ImageData | None:
+    """The dataset kept at path; None when there is none, or a damaged one (deleted, to be decoded again)."""
+    if not path.exists():
+        return None
+    try:
+        return _read(path)
+    except (SafetensorError, OSError, KeyError, ValueError):
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _write(path: Path, data: ImageData) -> None:

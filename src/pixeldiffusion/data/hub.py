@@ -1,10 +1,12 @@
 """Image datasets of the Hugging Face hub, or local copies of them saved with `datasets`' save_to_disk.
 
-Needs the optional `datasets` package: pip install 'pixeldiffusion[hub]'.
+Needs the optional `datasets` package: pip install 'pixeldiffusion[hub]'. A hub dataset's own loading code is never
+run: only its data files are read (`trust_remote_code=False`, where the installed `datasets` still has scripts).
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +27,16 @@ def hub_recipe(
     image_column: str | None = None,
     label_column: str | None = None,
 ) -> Recipe:
-    """A hub dataset "NAME[:SPLIT]" (e.g. "uoft-cs/cifar10:test"), or the directory of a saved copy "DIR[:SPLIT]".
+    """A hub dataset "NAME[@REVISION][:SPLIT]" (e.g. "uoft-cs/cifar10:test"; REVISION, a branch, tag or commit,
+    pins its files), or the directory of a saved copy "DIR[:SPLIT]".
 
     A split in spec wins over split. The images come from image_column, by default the first column of type
     Image; the labels from label_column, by default the first ClassLabel column (if any). A named label column
     of any other type works too: its distinct values, sorted, become the classes.
     """
+    name, revision, named_split = parse_spec(spec)
     datasets = _import_datasets()
-    name, _, named_split = spec.partition(":")
-    dataset = _open(datasets, name, named_split or split)
+    dataset = _open(datasets, name, named_split or split, revision=revision)
     columns = dataset.features
     image_column = image_column or next((c for c, f in columns.items() if isinstance(f, datasets.Image)), None)
     label_column = label_column or next((c for c, f in columns.items() if isinstance(f, datasets.ClassLabel)), None)
@@ -58,6 +61,15 @@ def hub_recipe(
     return Recipe(sources=tuple(Path(f["filename"]) for f in dataset.cache_files), decode=decode)
 
 
+def parse_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """Split a spec NAME[@REVISION][:SPLIT] into (NAME, REVISION or None, SPLIT or None)."""
+    rest, colon, split = spec.partition(":")
+    name, at, revision = rest.partition("@")
+    if not name or (at and not revision) or (colon and not split):
+        raise PixelDiffusionError(f"hf:{spec}: expected hf:NAME, optionally @REVISION, then optionally :SPLIT")
+    return name, revision or None, split or None
+
+
 def _import_datasets():
     try:
         import datasets
@@ -66,11 +78,18 @@ def _import_datasets():
     return datasets
 
 
-def _open(datasets, name: str, split: str):
-    """The split of a saved copy (when name is a directory) or of a hub dataset (downloaded by `datasets`)."""
+def _open(datasets, name: str, split: str, *, revision: str | None = None):
+    """The split of a saved copy (when name is a directory) or of a hub dataset (downloaded by `datasets`, at
+    revision when given)."""
+    saved_copy = Path(name).expanduser().is_dir()
+    if saved_copy and revision:
+        raise PixelDiffusionError(f"{name} is a saved copy, which has no revisions; drop @{revision}")
     try:
-        if not Path(name).expanduser().is_dir():
-            return datasets.load_dataset(name, split=split)
+        if not saved_copy:
+            consent = {}
+            if "trust_remote_code" in inspect.signature(datasets.load_dataset).parameters:
+                consent["trust_remote_code"] = False  # datasets 2.16 to 3.x can run a dataset's script; 4.0 cannot
+            return datasets.load_dataset(name, split=split, revision=revision, **consent)
         saved = datasets.load_from_disk(str(Path(name).expanduser()))
     except Exception as e:  # the hub client raises many unrelated types (network, auth, missing split...)
         raise PixelDiffusionError(
