@@ -1,5 +1,5 @@
 """Channels-last against contiguous training and sampling, interleaved in one process: the measurement behind the
-default of `TrainConfig.channels_last` and `SampleConfig.channels_last` (distributed.use_channels_last).
+default of `RuntimeConfig.channels_last` and `SampleConfig.channels_last` (runtime.use_channels_last).
 
 Two Trainers (or Pipelines) of the same size and precision, one per memory layout, take alternating blocks of
 steps (the order flipped every round), so a drift of the machine's speed falls on both alike. A training step is

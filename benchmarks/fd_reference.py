@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from pixeldiffusion.data import to_model_range, to_uint8
-from pixeldiffusion.distributed import resolve_device
 from pixeldiffusion.evaluation.evaluate import extractors, score
 from pixeldiffusion.evaluation.reference import Reference
+from pixeldiffusion.process import resolve_device
 
 
 def blurred(images: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:

@@ -1,0 +1,45 @@
+"""Runtime policies: which precision, memory layout and compilation a device gets when the user leaves them unset.
+
+Each default is a measurement on this project's machines; the numbers are in docs/decisions.md and the README's
+Speed section.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# A CPU run with a time budget at least this long compiles when --compile is unset (compiling wins back its
+# ~85 s after about 8 minutes on 2 cores).
+COMPILE_PAYS_MINUTES = 10
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """precision "auto": bf16 autocast on CUDA and on CPUs with bf16 instructions, fp32 elsewhere (MPS included)."""
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+
+
+def use_compile(setting: bool | None, device: torch.device, minutes: float | None = None) -> bool:
+    """compile unset: on CUDA, and on the CPU for runs with a time budget of at least COMPILE_PAYS_MINUTES (a run
+    budgeted in steps has no known length, so it compiles only when asked)."""
+    if setting is not None:
+        return setting
+    return device.type == "cuda" or (device.type == "cpu" and (minutes or 0.0) >= COMPILE_PAYS_MINUTES)
+
+
+def use_channels_last(setting: bool | None, device: torch.device, bf16: bool) -> bool:
+    """channels_last unset: NHWC on CUDA (what tensor-core convolutions want) and in fp32 on the CPU (faster
+    there); not in bf16 on the CPU, where torch's channels-last GroupNorm is slower."""
+    return setting if setting is not None else device.type == "cuda" or (device.type == "cpu" and not bf16)
