@@ -14,7 +14,7 @@ from pixeldiffusion.models import UNet, null_like
 from pixeldiffusion.pipeline import Pipeline
 from pixeldiffusion.sampling import ddim, ddpm, make_denoiser, timestep_grid
 from pixeldiffusion.schedule import NoiseSchedule
-from pixeldiffusion.seeding import derive_seed
+from pixeldiffusion.seeding import ImageNoise
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,9 @@ def pipe():
     for p in model.parameters():  # undo the zero initialisation of output layers
         if not p.any():
             torch.nn.init.normal_(p, std=0.05)
-    return Pipeline(model, NoiseSchedule.from_config(cfg.schedule), cfg, class_names=("cat", "Ankle boot", "dog"))
+    return Pipeline(
+        model, NoiseSchedule.from_config(cfg.diffusion.schedule), cfg, class_names=("cat", "Ankle boot", "dog")
+    )
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
@@ -36,12 +38,13 @@ def test_guidance_one_is_conditional_and_zero_is_unconditional_bit_for_bit(pipe,
 
     def without_guidance(cond):
         """The sampler called on the bare network with a fixed condition: no guidance code involved."""
-        g = torch.Generator().manual_seed(derive_seed(0, 0))  # the pipeline's generator for seed 0, chunk 0
-        x_T = torch.randn(6, 1, 16, 16, generator=g)
+        noise = ImageNoise(0, range(6))  # the pipeline's streams for seed 0
+        x_T = noise.randn((1, 16, 16))
         denoise = make_denoiser(lambda x, t: pipe.model(x, t, cond), pipe.schedule, "eps")
         fn, params = (ddim, {"eta": 0.5}) if sampler == "ddim" else (ddpm, {})
         with torch.inference_mode():
-            return fn(denoise, pipe.schedule, x_T, timestep_grid(pipe.schedule, 5), generator=g, **params)
+            *_, last = fn(denoise, pipe.schedule, x_T, timestep_grid(pipe.schedule, 5), noise=noise, **params)
+            return last.x
 
     def with_guidance(w):
         return pipe.sample(labels=labels, sampler=sampler, eta=0.5, guidance=w, seed=0).images

@@ -7,7 +7,18 @@ import torch
 
 from pixeldiffusion.errors import ConfigError
 from pixeldiffusion.models.embeddings import null_like
-from pixeldiffusion.sampling import SAMPLERS, ddim, ddpm, guided, make_denoiser, nfe, sample, timestep_grid
+from pixeldiffusion.sampling import (
+    SAMPLERS,
+    SPACINGS,
+    ddim,
+    ddpm,
+    guided,
+    make_denoiser,
+    nfe,
+    sample,
+    shown_steps,
+    timestep_grid,
+)
 from pixeldiffusion.schedule import NoiseSchedule, ScheduleConfig
 
 diffusers = pytest.importorskip("diffusers")
@@ -38,6 +49,33 @@ def test_grids_start_at_T_and_end_at_zero():
     assert timestep_grid(short, 50, "trailing") == list(range(50, -1, -1))
     with pytest.raises(ConfigError, match="between 1 and T"):
         timestep_grid(LINEAR, 1001)
+
+
+@pytest.mark.parametrize("T", [2, 37, 999, 1000])
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_every_grid_is_well_formed_for_every_step_count(T, spacing):
+    """For any T and every steps in 1..T: steps + 1 strictly descending times from at most T down to 0."""
+    schedule = NoiseSchedule.from_config(ScheduleConfig(kind="cosine", timesteps=T))
+    for steps in range(1, T + 1):
+        grid = timestep_grid(schedule, steps, spacing)
+        assert len(grid) == steps + 1 and grid[-1] == 0 and grid[0] <= T, (steps, grid[:3], grid[-3:])
+        assert all(a > b for a, b in itertools.pairwise(grid)), (steps, grid)
+        if spacing in ("trailing", "karras"):
+            assert grid[0] == T
+
+
+def test_shown_steps_are_evenly_spaced_and_end_with_the_last():
+    assert shown_steps(10, 4) == [0, 3, 6, 9]
+    assert shown_steps(3, 40) == [0, 1, 2]
+    assert shown_steps(5, 1) == [4] and shown_steps(5, 0) == []
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("steps", [1, 3, 61, 333, 999])
+def test_odd_step_counts_sample_finite_images(sampler, steps):
+    x_T = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    got = sample(fake_model, LINEAR, x_T, prediction="eps", sampler=sampler, steps=steps, noise=seeded_noise(1))
+    assert got.isfinite().all()
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -74,9 +112,16 @@ def float64_twin(sched, schedule: NoiseSchedule):
     return sched
 
 
+def seeded_noise(seed: int):
+    """Noise drawn from one generator in call order, as diffusers' schedulers draw it."""
+    g = torch.Generator().manual_seed(seed)
+    return lambda x: torch.randn(x.shape, generator=g, dtype=x.dtype)
+
+
 def ours_one_step(sampler, schedule, x, t, s, prediction, clip, **kw):
     denoise = make_denoiser(fake_model, schedule, prediction, clip_x0=clip)
-    return sampler(denoise, schedule, x, [t, s], generator=torch.Generator().manual_seed(0), **kw)
+    (step,) = sampler(denoise, schedule, x, [t, s], noise=seeded_noise(0), **kw)
+    return step.x
 
 
 @pytest.mark.parametrize("kind", list(DIFFUSERS_SCHEDULE))
@@ -270,7 +315,7 @@ def test_full_loops_equal_diffusers(sampler, variance, eta, spacing, steps):
         sampler=sampler,
         steps=steps,
         spacing=spacing,
-        generator=torch.Generator().manual_seed(5),
+        noise=seeded_noise(5),
         **params,
     )
     assert torch.allclose(got, x, rtol=0, atol=1e-9)
@@ -298,7 +343,7 @@ def test_sampling_is_reproducible_for_a_seed():
             prediction="eps",
             sampler="ddpm",
             steps=100,
-            generator=torch.Generator().manual_seed(9),
+            noise=seeded_noise(9),
         )
         for _ in range(2)
     ]

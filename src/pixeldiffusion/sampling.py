@@ -1,13 +1,14 @@
-"""Samplers: functions that walk a descending grid of time steps from x_T ~ N(0, I) down to x_0.
+"""Samplers: generators that walk a descending grid of time steps from x_T ~ N(0, I) down to x_0.
 
-Every sampler has the signature ``sampler(denoise, schedule, x_T, grid, *, generator, callback, ...)``:
+Every sampler has the signature ``sampler(denoise, schedule, x_T, grid, *, noise, ...)`` and yields one `Step`
+per pair of the grid; the last step's x is the sample. Whoever needs the intermediates (the pipeline's frames,
+the web page, a progress bar) iterates; whoever does not calls `sample`, which runs the same loop to its end.
 
 - ``denoise(x_t, t) -> (x0, eps)`` is the network seen through `make_denoiser`: guidance, prediction
   type and clipping are already applied, so a sampler only does the maths of its paper.
 - ``grid`` holds steps + 1 integer times, T first and 0 last (see `timestep_grid`); the sampler walks
   it in consecutive pairs (t, s), never deriving the previous step by subtracting a stride.
-- ``callback(i, t, x_t, x0)``, if given, sees every intermediate: step index, the time just left,
-  the new sample and the prediction of x0 it came from.
+- ``noise(x)`` draws standard normal noise shaped like x (per-image streams: `seeding.ImageNoise`).
 
 The deterministic samplers solve the probability-flow ODE. In the coordinates y = x / sqrt(a_bar) and
 sigma = sqrt((1 - a_bar) / a_bar) it reads dy/dsigma = eps(x, t) (Karras et al. 2022, eq. 4 with
@@ -17,7 +18,10 @@ a second-order exponential integrator in lambda = log(1 / sigma).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 
@@ -28,13 +32,25 @@ from pixeldiffusion.schedule import NoiseSchedule
 SPACINGS = ("trailing", "leading", "linspace", "karras")
 KARRAS_RHO = 7.0  # the exponent of Karras et al.'s sigma grid (their eq. 5)
 Denoiser = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
-Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+Noise = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a sampler: from time t to time s (the i-th pair of the grid, 0 first)."""
+
+    i: int
+    t: int  # the time just left
+    s: int  # the time reached (0 after the last step)
+    x: torch.Tensor  # x_s, the new sample
+    x0: torch.Tensor  # the prediction of x_0 that x_s was computed from
 
 
 def timestep_grid(schedule: NoiseSchedule, steps: int, spacing: str = "trailing") -> list[int]:
     """steps + 1 descending times ending at 0; which of {1..T} are visited depends on `spacing`.
 
-    trailing: T, T - T/steps, ..., T/steps (rounded), the grid that starts at T (Lin et al. 2024, Table 2);
+    trailing: round(T (steps - k) / steps) for k = 0 .. steps-1, the grid that starts at T (Lin et al. 2024,
+              Table 2), computed exactly (half to even, as numpy rounds) so that no time repeats for any steps;
     leading:  1 + k * (T // steps) for k = steps-1 .. 0 (DDIM's original choice, diffusers' default);
     linspace: steps values evenly spaced from T down to 1, rounded half to even as 1 + round(linspace(0, T - 1));
     karras:   the times nearest (in log sigma) to sigma_i = (sigma_max^(1/rho) + i / (steps - 1)
@@ -47,7 +63,7 @@ def timestep_grid(schedule: NoiseSchedule, steps: int, spacing: str = "trailing"
     if not 1 <= steps <= T:
         raise ConfigError(f"the number of sampling steps must be between 1 and T = {T}, got {steps}")
     if spacing == "trailing":
-        times = torch.arange(T, 0, -T / steps, dtype=torch.float64).round()
+        times = torch.tensor([round(Fraction(T * (steps - k), steps)) for k in range(steps)], dtype=torch.float64)
     elif spacing == "leading":
         times = torch.arange(steps - 1, -1, -1, dtype=torch.float64) * (T // steps) + 1
     elif spacing == "linspace":
@@ -74,6 +90,15 @@ def _karras_times(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     for i in range(len(times) - 2, -1, -1):  # ...and back up from t = 1, which stays within T since steps <= T
         times[i] = max(times[i], times[i + 1] + 1)
     return torch.tensor(times, dtype=torch.float64)
+
+
+def shown_steps(steps: int, frames: int) -> list[int]:
+    """Indices of `frames` evenly spaced steps out of `steps` (all when frames >= steps), the first and the last
+    included (the last alone for one frame): the intermediates an animation or the web page shows."""
+    n = min(frames, steps)
+    if n <= 1:
+        return [steps - 1] if n == 1 else []
+    return sorted({round(k * (steps - 1) / (n - 1)) for k in range(n)})
 
 
 def guided(model: Callable[..., torch.Tensor], cond: torch.Tensor | None, scale: float = 1.0):
@@ -117,10 +142,6 @@ def make_denoiser(
     return denoise
 
 
-def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
 def ddpm(
     denoise: Denoiser,
     schedule: NoiseSchedule,
@@ -128,9 +149,8 @@ def ddpm(
     grid: list[int],
     *,
     variance: str = "posterior",
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
+    noise: Noise = torch.randn_like,
+) -> Iterator[Step]:
     """Ancestral sampling (DDPM Algorithm 2): x_s ~ N(posterior mean(x_t, x0_hat), sigma^2 I).
 
     sigma^2 is the posterior variance beta~ (variance="posterior") or beta_ts = 1 - a_bar_t / a_bar_s
@@ -145,10 +165,8 @@ def ddpm(
             var = 1 - schedule.alpha_bar[t] / schedule.alpha_bar[s]
         x = mean
         if s > 0:
-            x = x + var.sqrt().to(x.dtype) * _noise(x, generator)
-        if callback is not None:
-            callback(i, t, x, x0)
-    return x
+            x = x + var.sqrt().to(x.dtype) * noise(x)
+        yield Step(i, t, s, x, x0)
 
 
 def ddim(
@@ -158,9 +176,8 @@ def ddim(
     grid: list[int],
     *,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
+    noise: Noise = torch.randn_like,
+) -> Iterator[Step]:
     """DDIM (Song et al. 2021, eq. 12): x_s = sqrt(a_bar_s) x0 + sqrt(1 - a_bar_s - sigma^2) eps + sigma z,
     sigma = eta * sqrt(posterior variance) (eq. 16). eta = 0 is deterministic; eta = 1 is DDPM with beta~."""
     if not eta >= 0:
@@ -171,27 +188,19 @@ def ddim(
         sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).sqrt()
         x = a_s.sqrt() * x0 + (1 - a_s - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0 and s > 0:
-            x = x + sigma * _noise(x, generator)
-        if callback is not None:
-            callback(i, t, x, x0)
-    return x
+            x = x + sigma * noise(x)
+        yield Step(i, t, s, x, x0)
 
 
 def dpmpp_2m(
-    denoise: Denoiser,
-    schedule: NoiseSchedule,
-    x: torch.Tensor,
-    grid: list[int],
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
+    denoise: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, grid: list[int], *, noise: Noise | None = None
+) -> Iterator[Step]:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), a multistep exponential integrator on x0 predictions:
 
     x_s = (sigma_s / sigma_t) x_t - alpha_s (e^(-h) - 1) D,   h = lambda_s - lambda_t,   lambda = log(alpha / sigma),
     D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev with r = h_prev / h; D = x0_t on the first step and on the last,
     which lands on sigma = 0 where x_0 = D. Here alpha = sqrt(a_bar) and sigma = sqrt(1 - a_bar). One network
-    evaluation per step. `generator` is unused (the solver is deterministic).
+    evaluation per step; deterministic (`noise` is unused).
     """
     x0_prev, h_prev = None, None
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
@@ -208,26 +217,17 @@ def dpmpp_2m(
             sigma_t, sigma_s = (1 - schedule.alpha_bar[t]).sqrt(), (1 - schedule.alpha_bar[s]).sqrt()
             x = sigma_s / sigma_t * x - schedule.alpha_bar[s].sqrt() * torch.expm1(-h) * d
             x0_prev, h_prev = x0, h
-        if callback is not None:
-            callback(i, t, x, x0)
-    return x
+        yield Step(i, t, s, x, x0)
 
 
 def heun(
-    denoise: Denoiser,
-    schedule: NoiseSchedule,
-    x: torch.Tensor,
-    grid: list[int],
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
+    denoise: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, grid: list[int], *, noise: Noise | None = None
+) -> Iterator[Step]:
     """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1, deterministic):
 
     Euler:  y' = y_t + (sigma_s - sigma_t) eps(x_t, t)                   with y = x / sqrt(a_bar)
     Heun:   y_s = y_t + (sigma_s - sigma_t) (eps(x_t, t) + eps(x', s)) / 2,  x' = sqrt(a_bar_s) y'
-    The last step, to sigma = 0, is Euler alone. 2 * steps - 1 network evaluations (see `nfe`).
-    `generator` is unused (the solver is deterministic).
+    The last step, to sigma = 0, is Euler alone. 2 * steps - 1 network evaluations (see `nfe`); `noise` is unused.
     """
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
         x0, eps = denoise(x, t)
@@ -239,9 +239,7 @@ def heun(
             _, eps_next = denoise(a_s.sqrt() * y_next, s)
             y_next = y + (sigma_s - sigma_t) * (eps + eps_next) / 2
         x = a_s.sqrt() * y_next
-        if callback is not None:
-            callback(i, t, x, x0)
-    return x
+        yield Step(i, t, s, x, x0)
 
 
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "heun": heun}
@@ -254,7 +252,7 @@ def nfe(sampler: str, steps: int) -> int:
 
 
 @torch.inference_mode()
-def sample(
+def sample_steps(
     model: Callable[..., torch.Tensor],
     schedule: NoiseSchedule,
     x_T: torch.Tensor,
@@ -266,15 +264,19 @@ def sample(
     spacing: str = "trailing",
     guidance: float = 1.0,
     clip_x0: bool = True,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
+    noise: Noise = torch.randn_like,
     **method_params,
-) -> torch.Tensor:
-    """Generate x_0 from x_T with a named sampler over a grid of `steps` steps; method_params go to the
-    samplers that take them (eta for ddim, variance for ddpm) and are ignored by the others."""
+) -> Iterator[Step]:
+    """The steps of a named sampler from x_T over a grid of `steps` steps; method_params go to the samplers that
+    take them (eta for ddim, variance for ddpm) and are ignored by the others."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     params = {k: v for k, v in method_params.items() if k in METHOD_PARAMS[sampler]}
     denoise = make_denoiser(guided(model, cond, guidance), schedule, prediction, clip_x0=clip_x0)
     grid = timestep_grid(schedule, steps, spacing)
-    return SAMPLERS[sampler](denoise, schedule, x_T, grid, generator=generator, callback=callback, **params)
+    yield from SAMPLERS[sampler](denoise, schedule, x_T, grid, noise=noise, **params)
+
+
+def sample(model: Callable[..., torch.Tensor], schedule: NoiseSchedule, x_T: torch.Tensor, **kwargs) -> torch.Tensor:
+    """x_0 generated from x_T: the last step of `sample_steps` (same arguments)."""
+    return deque(sample_steps(model, schedule, x_T, **kwargs), maxlen=1)[0].x

@@ -10,7 +10,7 @@ import torch
 
 from pixeldiffusion.data import to_uint8
 from pixeldiffusion.pipeline import Pipeline
-from pixeldiffusion.sampling import timestep_grid
+from pixeldiffusion.sampling import shown_steps
 from pixeldiffusion.serve.request import GenerateRequest
 
 FRAMES = 40  # intermediates shown per generation, at most
@@ -30,25 +30,18 @@ class Frame:
 def generate(
     pipe: Pipeline, request: GenerateRequest, *, on_frame: Callable[[Frame], None], frames: int = FRAMES
 ) -> torch.Tensor:
-    """The request's images, uint8 (N, C, H, W), those of `pipe.sample(...)` for the same settings (one batch:
-    requests hold at most 16 images); `on_frame` sees `frames` evenly spaced intermediates, the last included."""
-    steps = request.steps
-    grid = timestep_grid(pipe.schedule, steps, pipe.config.sample.spacing)
-    shown = {round(k * (steps - 1) / max(frames - 1, 1)) for k in range(frames)}
-
-    def on_step(i: int, t: int, x_t: torch.Tensor, x0: torch.Tensor) -> None:
-        if i in shown:
-            on_frame(Frame(i + 1, steps, grid[i + 1], to_uint8(x_t).cpu(), to_uint8(x0).cpu()))
-
-    samples = pipe.sample(
+    """The request's images, uint8 (N, C, H, W), those of `pipe.sample(...)` for the same settings; `on_frame` sees
+    `frames` evenly spaced intermediates, the last included."""
+    shown = shown_steps(request.steps, frames)
+    for step in pipe.generate(
         request.n,
         labels=None if request.label is None else [request.label],
         context=request.context,
-        callback=on_step,
         sampler=request.sampler,
-        steps=steps,
+        steps=request.steps,
         guidance=request.guidance,
         seed=request.seed,
-        batch_size=request.n,
-    )
-    return to_uint8(samples.images).cpu()
+    ):
+        if step.i in shown:
+            on_frame(Frame(step.i + 1, request.steps, step.s, to_uint8(step.x).cpu(), to_uint8(step.x0).cpu()))
+    return to_uint8(step.x).cpu()
