@@ -9,32 +9,36 @@ from pathlib import Path
 
 import pytest
 
-from pixeldiffusion.config import RunConfig, default_config
+from pixeldiffusion.config import TRAIN_FIELDS, RunConfig, with_fields
+from pixeldiffusion.recipes import default_config
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
 
 
-def tiny_config(**train) -> RunConfig:
-    """The digits recipe shrunk to a model of ~60k parameters and a handful of steps."""
+# tiny_config's keywords: the fields of the training groups by name (as the old `train` group had them)
+TINY_KEYWORDS = {name: ".".join(filter(None, where)) for name, where in TRAIN_FIELDS.items()}
+
+
+def tiny_config(**fields) -> RunConfig:
+    """The digits recipe shrunk to a model of ~60k parameters and a handful of steps; keywords name fields of the
+    training groups (max_steps=4, lr=..., precision=... for the runtime)."""
     cfg = default_config("digits")
-    return replace(
+    cfg = replace(
         cfg,
         model=replace(cfg.model, base_channels=8, norm_groups=4, attention_heads=1),
-        train=replace(
-            cfg.train,
-            **{
-                "max_steps": 4,
-                "batch_size": 16,
-                "log_every": 1,
-                "checkpoint_every": 2,
-                "warmup_steps": 2,
-                "precision": "fp32",
-                **train,
-            },
-        ),
         sample=replace(cfg.sample, steps=3, n=4, precision="fp32"),  # fp32: tests compare samples bit for bit
     )
+    given = {
+        "max_steps": 4,
+        "batch_size": 16,
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "warmup_steps": 2,
+        "precision": "fp32",
+        **fields,
+    }
+    return with_fields(cfg, {TINY_KEYWORDS[name]: value for name, value in given.items()})
 
 
 @pytest.fixture

@@ -1,22 +1,38 @@
 """pixeldiffusion: denoising diffusion models (DDPM, DDIM and descendants) for small image datasets."""
 
-from pixeldiffusion.config import DataConfig, RunConfig, SampleConfig, TrainConfig, default_config
+from pixeldiffusion.config import (
+    DataConfig,
+    DiffusionConfig,
+    EvalConfig,
+    LengthConfig,
+    LogConfig,
+    OptimConfig,
+    RunConfig,
+    RuntimeConfig,
+    SampleConfig,
+)
 from pixeldiffusion.errors import PixelDiffusionError
 from pixeldiffusion.models import UNet, UNetConfig, preset
 from pixeldiffusion.pipeline import Pipeline, Samples
+from pixeldiffusion.recipes import default_config
 from pixeldiffusion.schedule import NoiseSchedule, ScheduleConfig
 from pixeldiffusion.training import Trainer, train
 
 __all__ = [
     "DataConfig",
+    "DiffusionConfig",
+    "EvalConfig",
+    "LengthConfig",
+    "LogConfig",
     "NoiseSchedule",
+    "OptimConfig",
     "PixelDiffusionError",
     "Pipeline",
     "RunConfig",
+    "RuntimeConfig",
     "SampleConfig",
     "Samples",
     "ScheduleConfig",
-    "TrainConfig",
     "Trainer",
     "UNet",
     "UNetConfig",

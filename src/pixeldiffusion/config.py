@@ -1,8 +1,8 @@
 """Run configuration: one frozen dataclass per concern, gathered in `RunConfig`, written as JSON beside
 every run and inside every checkpoint, so that a run or checkpoint is loaded without any flags.
 
-Defaults live only in these dataclasses (and in the per-dataset recipes of `default_config`); the CLI
-derives its flags from the fields and their comments.
+Defaults and help texts live only in these dataclasses (each field's metadata["help"]), and per dataset in
+`recipes`; the CLI derives its flags from the fields.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,11 @@ from pixeldiffusion.errors import ConfigError
 from pixeldiffusion.models.presets import preset
 from pixeldiffusion.models.unet import UNetConfig
 from pixeldiffusion.objectives import check_objective
+from pixeldiffusion.process import DEVICES
 from pixeldiffusion.sampling import SPACINGS
 from pixeldiffusion.schedule import PREDICTIONS, ScheduleConfig
 
 CONDITIONS = ("auto", "none", "class", "context")
-DEVICES = ("auto", "cpu", "cuda")
 LR_DECAYS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -34,21 +34,42 @@ def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
         raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(valid)}")
 
 
+def _at_least(config: Any, low: float, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not value >= low:
+            raise ConfigError(f"{name} must be at least {low}, got {value}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "digits"  # dataset name (see `pixeldiffusion datasets`)
-    data_dir: str | None = None  # directory holding the dataset's files, instead of the download cache
-    pad: bool = False  # pad images with black up to the model's size (e.g. 28 -> 32) instead of resizing
-    hflip: bool = False  # random horizontal flips during training (off for digits)
-    condition: str = (
-        "auto"  # what the model is conditioned on: auto (the dataset's labels if any), none, class, context
+    dataset: str = field(default="digits", metadata={"help": "dataset name (see `pixeldiffusion datasets`)"})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "directory holding the dataset's files (default: the download cache)"}
     )
-    channels: int | None = (
-        None  # folders and hub datasets: 1 (grey) or 3 (RGB); default: grey only if all pictures are
+    pad: bool = field(
+        default=False, metadata={"help": "pad with black up to the model's size (e.g. 28 -> 32) instead of resizing"}
     )
-    image_column: str | None = None  # hub datasets: the column of images (default: the first image column)
-    label_column: str | None = None  # hub datasets: the column of labels (default: the first class-label column)
-    labels_path: str | None = None  # sprites: the labels .npy when it is not beside the images
+    hflip: bool = field(default=False, metadata={"help": "random horizontal flips during training"})
+    condition: str = field(
+        default="auto",
+        metadata={
+            "help": "what the model is conditioned on: auto (the dataset's labels if any), none, class, context"
+        },
+    )
+    channels: int | None = field(
+        default=None,
+        metadata={"help": "folders and hub datasets: 1 (grey) or 3 (RGB) (default: grey only if all pictures are)"},
+    )
+    image_column: str | None = field(
+        default=None, metadata={"help": "hub datasets: the column of images (default: the first image column)"}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "hub datasets: the column of labels (default: the first class-label column)"}
+    )
+    labels_path: str | None = field(
+        default=None, metadata={"help": "sprites: the labels .npy (default: the one beside the images)"}
+    )
 
     def load(self, split: str, image_size: int) -> ImageData:
         """The dataset at the model's resolution (padded with black first when `pad`)."""
@@ -67,71 +88,161 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    seed: int = 0  # seed of the initial weights, the data order and every noise draw
-    batch_size: int = 128  # images per optimiser step, over all processes
-    grad_accum: int = 1  # split each batch into this many sequential micro-batches (same result, less memory)
-    lr: float = 1e-3  # peak learning rate of AdamW
-    warmup_steps: int = 200  # linear learning-rate warm-up, in steps
-    lr_decay: str = "cosine"  # decay after warm-up, to zero at the end of the run: cosine, linear or constant
-    weight_decay: float = 0.0  # AdamW's decoupled weight decay
-    grad_clip: float = 1.0  # clip the global gradient norm to this value (0: no clipping)
-    nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (the last good checkpoint stays) or skip the step
-    max_steps: int | None = 4000  # stop after this many optimiser steps
-    epochs: float | None = None  # or after this many passes over the data
-    minutes: float | None = None  # or after this much wall-clock time
-    loss: str = "l2"  # l2, l1 or huber
-    weighting: str = "none"  # loss weighting over t: none or min_snr (Hang et al. 2023, gamma 5)
-    cond_dropout: float = 0.1  # probability of replacing the condition by the null one (for guidance)
-    ema_halflife: float = 500.0  # half-life of the EMA of the weights, in steps
-    ema_rampup: float = 0.1  # early on the half-life is at most this fraction of the steps taken (EDM)
-    log_every: int = 50  # steps between progress updates and lines of metrics.jsonl
-    checkpoint_every: int = 1000  # steps between checkpoints (and one at the end)
-    sample_every: int = 0  # steps between sample grids written to samples/ (0: only at the end)
-    eval_every: int = 0  # steps between evaluations of sample quality with the dataset's classifier (0: none)
-    eval_samples: int = 500  # images per evaluation (evaluating takes at most about 1/20 of the training time)
-    keep: int = 3  # checkpoints kept (the latest ones)
-    device: str = "auto"  # auto (CUDA when present), cpu or cuda
-    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with bf16 instructions), fp32 or bf16
-    compile: bool | None = None  # torch.compile the network: on, off, or unset: on where it pays (see README, Speed)
-    channels_last: bool | None = None  # NHWC activations: on, off, or unset: where they are faster (README, Speed)
+class DiffusionConfig:
+    """The forward process and what the network learns of it: schedule, prediction target, loss and its weighting."""
+
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    prediction: str = field(default="eps", metadata={"help": "what the network predicts: eps, x0 or v"})
+    loss: str = field(default="l2", metadata={"help": "l2, l1 or huber"})
+    weighting: str = field(
+        default="none", metadata={"help": "loss weighting over t: none or min_snr (Hang et al. 2023)"}
+    )
+    min_snr_gamma: float = field(default=5.0, metadata={"help": "gamma of min_snr: the SNR is clipped at it"})
+
+    def __post_init__(self):
+        _choice("prediction", self.prediction, PREDICTIONS)
+        check_objective(self.loss, self.weighting)
+        if not self.min_snr_gamma > 0:
+            raise ConfigError(f"min_snr_gamma must be positive, got {self.min_snr_gamma}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    batch_size: int = field(default=128, metadata={"help": "images per optimiser step, over all processes"})
+    grad_accum: int = field(
+        default=1, metadata={"help": "split each batch into this many sequential micro-batches (same result)"}
+    )
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate of AdamW"})
+    warmup_steps: int = field(default=200, metadata={"help": "linear learning-rate warm-up, in steps"})
+    lr_decay: str = field(
+        default="cosine", metadata={"help": "decay after warm-up, to zero at the end: cosine, linear or constant"}
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW's decoupled weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm to this (0: no clipping)"})
+    nonfinite: str = field(
+        default="stop", metadata={"help": "a NaN/inf loss or gradient: stop (the last good checkpoint stays) or skip"}
+    )
+    cond_dropout: float = field(
+        default=0.1, metadata={"help": "probability of replacing the condition by the null one (for guidance)"}
+    )
+    ema_halflife: float = field(default=500.0, metadata={"help": "half-life of the EMA of the weights, in steps"})
+    ema_rampup: float = field(
+        default=0.1, metadata={"help": "early on, the EMA half-life is at most this fraction of the steps (EDM)"}
+    )
 
     def __post_init__(self):
         _choice("lr decay", self.lr_decay, LR_DECAYS)
-        _choice("device", self.device, DEVICES)
-        _choice("precision", self.precision, PRECISIONS)
         _choice("nonfinite action", self.nonfinite, ("stop", "skip"))
-        check_objective(self.loss, self.weighting)
         if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"batch size {self.batch_size} must be a positive multiple of grad_accum {self.grad_accum}"
             )
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        _at_least(self, 0, "warmup_steps", "weight_decay", "grad_clip", "ema_rampup")
+        if not self.ema_halflife > 0:
+            raise ConfigError(f"ema_halflife must be positive, got {self.ema_halflife}")
         if not 0 <= self.cond_dropout < 1:
             raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+
+
+@dataclass(frozen=True)
+class LengthConfig:
+    """When a run stops: the first of its stop conditions reached."""
+
+    max_steps: int | None = field(default=4000, metadata={"help": "stop after this many optimiser steps"})
+    epochs: float | None = field(default=None, metadata={"help": "or after this many passes over the data"})
+    minutes: float | None = field(
+        default=None, metadata={"help": "or after this much wall-clock time (the learning rate then decays with it)"}
+    )
+
+    def __post_init__(self):
         if self.max_steps is None and self.epochs is None and self.minutes is None:
             raise ConfigError("set at least one of max_steps, epochs and minutes")
-        for name in ("log_every", "checkpoint_every", "keep"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.eval_every < 0 or self.eval_samples < 2:
-            raise ConfigError(f"eval_every must be >= 0 and eval_samples >= 2: {self.eval_every}, {self.eval_samples}")
+        for name in ("max_steps", "epochs", "minutes"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    log_every: int = field(default=50, metadata={"help": "steps between progress updates and lines of metrics.jsonl"})
+    checkpoint_every: int = field(default=1000, metadata={"help": "steps between checkpoints (and one at the end)"})
+    keep: int = field(default=3, metadata={"help": "checkpoints kept (the latest ones)"})
+    sample_every: int = field(
+        default=0, metadata={"help": "steps between sample grids written to RUN/samples/ (0: only at the end)"}
+    )
+
+    def __post_init__(self):
+        _at_least(self, 1, "log_every", "checkpoint_every", "keep")
+        _at_least(self, 0, "sample_every")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how a run computes; none of it changes the maths, so all of it may change on resuming."""
+
+    device: str = field(default="auto", metadata={"help": "auto (a GPU when present), cpu, cuda or mps"})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto (bf16 autocast on CUDA and on CPUs with bf16 instructions), fp32, bf16"},
+    )
+    compile: bool | None = field(
+        default=None, metadata={"help": "torch.compile the network (default: where it pays, see README, Speed)"}
+    )
+    channels_last: bool | None = field(
+        default=None, metadata={"help": "NHWC activations (default: where they are faster, see README, Speed)"}
+    )
+
+    def __post_init__(self):
+        _choice("device", self.device, DEVICES)
+        _choice("precision", self.precision, PRECISIONS)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = field(
+        default=0,
+        metadata={"help": "steps between evaluations of sample quality with the dataset's classifier (0: none)"},
+    )
+    samples: int = field(
+        default=500, metadata={"help": "images per evaluation (evaluating takes at most about 1/20 of training)"}
+    )
+
+    def __post_init__(self):
+        if self.every < 0 or self.samples < 2:
+            raise ConfigError(f"eval every must be >= 0 and eval samples >= 2, got {self.every}, {self.samples}")
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    sampler: str = "ddim"  # ddpm, ddim, dpmpp_2m or heun (see sampling.SAMPLERS)
-    steps: int = 50  # number of network evaluations (grid steps from T to 0)
-    eta: float = 0.0  # DDIM noise: sigma = eta * sqrt(posterior variance); 0 deterministic, 1 DDPM-like
-    spacing: str = "trailing"  # which time steps a shorter grid visits: trailing, leading or linspace
-    variance: str = "posterior"  # DDPM's variance: posterior (beta tilde) or beta
-    guidance: float = 1.0  # classifier-free guidance scale s: 1 conditional, 0 unconditional, >1 stronger
-    clip_x0: bool = True  # clip the predicted x0 to [-1, 1] at every step
-    n: int = 64  # number of images
-    seed: int = 0  # seed of the sampling noise
-    batch_size: int = 256  # images per forward pass (larger requests are split, and halved if memory runs out)
-    precision: str = "auto"  # the network: auto (bf16 on CUDA and on CPUs with bf16 instructions), fp32 or bf16
-    compile: bool = False  # torch.compile the network for sampling (CUDA graphs on a GPU)
-    channels_last: bool | None = None  # NHWC weights and activations: on, off, or unset: where they are faster
+    sampler: str = field(default="ddim", metadata={"help": "ddpm, ddim, dpmpp_2m or heun"})
+    steps: int = field(default=50, metadata={"help": "number of network evaluations (grid steps from T to 0)"})
+    eta: float = field(
+        default=0.0, metadata={"help": "DDIM noise: sigma = eta * sqrt(posterior variance); 0 deterministic"}
+    )
+    spacing: str = field(
+        default="trailing", metadata={"help": "which times a shorter grid visits: trailing, leading, linspace, karras"}
+    )
+    variance: str = field(default="posterior", metadata={"help": "DDPM's variance: posterior (beta tilde) or beta"})
+    guidance: float = field(
+        default=1.0, metadata={"help": "classifier-free guidance scale s: 1 conditional, 0 unconditional, >1 stronger"}
+    )
+    clip_x0: bool = field(default=True, metadata={"help": "clip the predicted x0 to [-1, 1] at every step"})
+    n: int = field(default=64, metadata={"help": "number of images"})
+    seed: int = field(default=0, metadata={"help": "seed of the sampling noise"})
+    batch_size: int = field(
+        default=256,
+        metadata={"help": "images per forward pass (larger requests are split, halved if memory runs out)"},
+    )
+    precision: str = field(
+        default="auto", metadata={"help": "the network: auto (bf16 where the device has it), fp32 or bf16"}
+    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile the network (CUDA graphs on a GPU)"})
+    channels_last: bool | None = field(
+        default=None, metadata={"help": "NHWC weights and activations (default: where they are faster)"}
+    )
 
     def __post_init__(self):
         from pixeldiffusion.sampling import SAMPLERS
@@ -150,15 +261,16 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    seed: int = field(default=0, metadata={"help": "seed of the initial weights, the data order and every noise draw"})
     data: DataConfig = field(default_factory=DataConfig)
     model: UNetConfig = field(default_factory=lambda: preset("digits"))
-    prediction: str = "eps"  # what the network predicts: eps, x0 or v
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    length: LengthConfig = field(default_factory=LengthConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
-
-    def __post_init__(self):
-        _choice("prediction", self.prediction, PREDICTIONS)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -178,8 +290,55 @@ class RunConfig:
             raise ConfigError(f"cannot read configuration {path}: {e.strerror}") from e
 
 
+# Where the fields of the old `train` group went: (group, field), "" meaning RunConfig itself.
+TRAIN_FIELDS = {
+    "seed": ("", "seed"),
+    "eval_every": ("eval", "every"),
+    "eval_samples": ("eval", "samples"),
+    **{
+        name: (group, name)
+        for group, cls in (
+            ("diffusion", DiffusionConfig),
+            ("optim", OptimConfig),
+            ("length", LengthConfig),
+            ("log", LogConfig),
+            ("runtime", RuntimeConfig),
+        )
+        for name in (f.name for f in dataclasses.fields(cls))
+    },
+}
+
+
+def migrate(values: dict[str, Any]) -> dict[str, Any]:
+    """A RunConfig dict in the layout before the regrouping (top-level prediction, schedule and train) in the
+    current one; a current dict is returned as it is."""
+    if not isinstance(values, dict) or not {"prediction", "schedule", "train"} & set(values):
+        return values
+    values = dict(values)
+    diffusion = dict(values.get("diffusion", {}))
+    for name in ("prediction", "schedule"):
+        if name in values:
+            diffusion[name] = values.pop(name)
+    new: dict[str, Any] = {"diffusion": diffusion}
+    train = values.pop("train", {})
+    if not isinstance(train, dict):
+        raise ConfigError(f"expected a JSON object for the train group, got {type(train).__name__}")
+    for name, value in train.items():
+        if name not in TRAIN_FIELDS:
+            raise ConfigError(f"unknown TrainConfig field(s): {name}")
+        group, new_name = TRAIN_FIELDS[name]
+        if group:
+            new.setdefault(group, {})[new_name] = value
+        else:
+            new[new_name] = value
+    return {**values, **new}
+
+
 def from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Rebuild a (nested) config dataclass from the dict `dataclasses.asdict` made of it; lists become tuples."""
+    """Rebuild a (nested) config dataclass from the dict `dataclasses.asdict` made of it; lists become tuples.
+    A RunConfig in the old layout is migrated first."""
+    if cls is RunConfig:
+        values = migrate(values)
     if not isinstance(values, dict):
         raise ConfigError(f"expected a JSON object for {cls.__name__}, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
@@ -198,44 +357,23 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def with_fields(config: Any, values: dict[str, Any]) -> Any:
+    """The config with fields replaced, each named by its dotted path: {"optim.lr": 1e-4, "seed": 1}."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for path, value in values.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    top.update({head: with_fields(getattr(config, head), sub) for head, sub in nested.items()})
+    return dataclasses.replace(config, **top)
+
+
 def field_type(cls: type, name: str) -> type:
     """The plain type of a config field: int for `int | None`, tuple for `tuple[int, ...]`."""
     kind = typing.get_type_hints(cls)[name]
     if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
     return typing.get_origin(kind) or kind
-
-
-# The recipe of each dataset: which U-Net preset, resolution, objective and training length suit it. MNIST and
-# Fashion-MNIST default to the digits network at 28 pixels (1.1M parameters, about 250 images/s on 2 CPU cores): the
-# 6.9M-parameter "mnist" preset trains about 8x slower on a CPU and is the one to choose on a GPU (--preset mnist).
-# Their objective is v-prediction with min-SNR weighting: after 5 CPU minutes it scored a classifier Frechet distance
-# of 3.78 against 132 for eps-prediction, and after 30 minutes 0.292 against 0.281 (README, "MNIST in 30 CPU minutes").
-# Their sampler is DDPM at 50 steps: on the 30-minute MNIST run it scored 0.157 at n = 10,000, against 0.218 for
-# DPM-Solver++(2M) at 10 steps (the pick for speed) and 0.292 at 20 (README, "Fewer steps at the same quality").
-_SMALL_IMAGES: dict[str, Any] = {
-    "preset": "digits",
-    "model": {"image_size": 28},
-    "prediction": "v",
-    "train": {"lr": 1e-3, "weighting": "min_snr", "max_steps": 20000},
-    "sample": {"sampler": "ddpm", "steps": 50},
-}
-RECIPES: dict[str, dict[str, Any]] = {
-    "digits": {"preset": "digits", "train": {"batch_size": 64, "lr": 1e-3, "max_steps": 2000}},
-    "mnist": _SMALL_IMAGES,
-    "fashion-mnist": {**_SMALL_IMAGES, "data": {"hflip": True}},
-    "cifar10": {"preset": "cifar10", "data": {"hflip": True}, "train": {"lr": 2e-4, "max_steps": 800_000}},
-    "sprites": {"preset": "sprites", "train": {"lr": 1e-3}},
-}
-
-
-def default_config(dataset: str = "digits", *, model_preset: str | None = None) -> RunConfig:
-    """The recommended configuration for a dataset (its recipe), with the named model preset if given."""
-    recipe = RECIPES.get(dataset, {"preset": "digits"})
-    return RunConfig(
-        data=replace(DataConfig(dataset=dataset), **recipe.get("data", {})),
-        model=preset(model_preset) if model_preset else preset(recipe["preset"], **recipe.get("model", {})),
-        prediction=recipe.get("prediction", "eps"),
-        train=replace(TrainConfig(), **recipe.get("train", {})),
-        sample=replace(SampleConfig(), **recipe.get("sample", {})),
-    )

@@ -18,7 +18,7 @@ beta carries a relative error of about 5e-4 (diffusers computes it so).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,11 +30,13 @@ PREDICTIONS = ("eps", "x0", "v")
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    kind: str = "linear"  # one of SCHEDULES
-    timesteps: int = 1000  # T, the number of forward steps
-    beta_start: float = 1e-4  # beta_1 for linear, quadratic and sigmoid schedules
-    beta_end: float = 0.02  # beta_T for linear, quadratic and sigmoid schedules
-    cosine_s: float = 0.008  # offset s of the cosine schedule (Nichol & Dhariwal 2021, eq. 17)
+    kind: str = field(default="linear", metadata={"help": "the noise schedule: linear, cosine, quadratic or sigmoid"})
+    timesteps: int = field(default=1000, metadata={"help": "T, the number of forward steps"})
+    beta_start: float = field(default=1e-4, metadata={"help": "beta_1 for linear, quadratic and sigmoid schedules"})
+    beta_end: float = field(default=0.02, metadata={"help": "beta_T for linear, quadratic and sigmoid schedules"})
+    cosine_s: float = field(
+        default=0.008, metadata={"help": "offset s of the cosine schedule (Nichol & Dhariwal 2021, eq. 17)"}
+    )
 
     def __post_init__(self):
         if self.kind not in SCHEDULES:

@@ -1,0 +1,84 @@
+"""The recipe of each dataset: which U-Net preset, resolution, objective and training length suit it.
+
+A recipe is a model preset and the config fields it changes, by dotted path ("optim.lr"); `default_config`
+applies it to the dataclasses' defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pixeldiffusion.config import DataConfig, RunConfig, with_fields
+from pixeldiffusion.data.hub import parse_spec
+from pixeldiffusion.data.registry import native_resolution
+from pixeldiffusion.models.presets import preset
+
+# MNIST and Fashion-MNIST: the digits network at 28 pixels (8x faster on a CPU than the "mnist" preset), v-prediction
+# with min-SNR weighting and DDPM at 50 steps, each chosen by measurement (docs/decisions.md, "Recipes")
+_SMALL_IMAGES: dict[str, Any] = {
+    "preset": "digits",
+    "model.image_size": 28,
+    "diffusion.prediction": "v",
+    "diffusion.weighting": "min_snr",
+    "optim.lr": 1e-3,
+    "length.max_steps": 20000,
+    "sample.sampler": "ddpm",
+    "sample.steps": 50,
+}
+RECIPES: dict[str, dict[str, Any]] = {
+    "digits": {"preset": "digits", "optim.batch_size": 64, "optim.lr": 1e-3, "length.max_steps": 2000},
+    "mnist": _SMALL_IMAGES,
+    "fashion-mnist": {**_SMALL_IMAGES, "data.hflip": True},
+    "cifar10": {"preset": "cifar10", "data.hflip": True, "optim.lr": 2e-4, "length.max_steps": 800_000},
+    "sprites": {"preset": "sprites", "optim.lr": 1e-3},
+    # faces, bedrooms, churches: the CIFAR-10 network one level deeper in pixels, as DDPM trained CelebA-HQ and LSUN
+    "photos-64": {"preset": "cifar10", "model.image_size": 64, "data.hflip": True, "optim.lr": 2e-4},
+}
+# hub datasets that are one of the above (the README's examples among them)
+HUB_RECIPES = {
+    "mnist": "mnist",
+    "ylecun/mnist": "mnist",
+    "fashion_mnist": "fashion-mnist",
+    "zalando-datasets/fashion_mnist": "fashion-mnist",
+    "cifar10": "cifar10",
+    "uoft-cs/cifar10": "cifar10",
+    "eurecom-ds/celeba-hq-small": "photos-64",
+    "pcuenq/lsun-bedrooms": "photos-64",
+    "tglcourse/lsun_church_train": "photos-64",
+}
+LARGEST_FITTED = 64  # pictures larger than this train at it (the old fixed size of folders): --image-size for more
+
+
+def fitted_recipe(side: int) -> dict[str, Any]:
+    """The recipe for pictures `side` pixels across: the digits network up to 28 pixels (as MNIST's recipe), the
+    CIFAR-10 one above, at the nearest size the network's levels divide (2^(levels - 1)), at most LARGEST_FITTED."""
+    name = "digits" if side <= 28 else "cifar10"
+    factor = 2 ** (len(preset(name).channel_mult) - 1)
+    size = max(factor, min(round(side / factor) * factor, LARGEST_FITTED))
+    return {"preset": name, "model.image_size": size, **({"optim.lr": 2e-4} if name == "cifar10" else {})}
+
+
+def recipe(dataset: str) -> dict[str, Any]:
+    """A dataset's recipe: its own, that of the dataset a hub name is, or one fitted to a folder's or a hub
+    dataset's pictures (which this reads the size of)."""
+    if dataset in RECIPES:
+        return RECIPES[dataset]
+    if dataset.startswith("hf:"):
+        name = parse_spec(dataset.removeprefix("hf:"))[0]
+        if name in HUB_RECIPES:
+            return RECIPES[HUB_RECIPES[name]]
+    return fitted_recipe(native_resolution(dataset))
+
+
+def default_config(dataset: str = "digits", *, model_preset: str | None = None, pad: bool = False) -> RunConfig:
+    """The recommended configuration for a dataset (its recipe), with the named model preset if given; `pad` pads
+    the pictures with black up to the next power of two (28 -> 32) instead of resizing them."""
+    fields = dict(recipe(dataset))
+    name = fields.pop("preset")
+    if model_preset:  # another network: the recipe's model fields were chosen for its own
+        name, fields = model_preset, {k: v for k, v in fields.items() if not k.startswith("model.")}
+    config = with_fields(RunConfig(data=DataConfig(dataset=dataset), model=preset(name)), fields)
+    if pad:
+        size = config.model.image_size
+        config = with_fields(config, {"data.pad": True, "model.image_size": 1 << (size - 1).bit_length()})
+    return config
