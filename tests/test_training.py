@@ -1,13 +1,26 @@
 import json
 import math
+import os
+import signal
 from dataclasses import replace
 
 import pytest
 import torch
 
 from pixeldiffusion.checkpoint import latest_checkpoint, load_checkpoint
-from pixeldiffusion.errors import ConfigError
-from pixeldiffusion.training import Interrupted, NonFiniteLoss, Trainer, ema_decay, train
+from pixeldiffusion.errors import PixelDiffusionError
+from pixeldiffusion.seeding import stream_seed
+from pixeldiffusion.training import (
+    Interrupted,
+    NonFiniteLoss,
+    Trainer,
+    batch_indices,
+    ema_decay,
+    learning_rate,
+    total_steps,
+    train,
+)
+from pixeldiffusion.training.rundir import read_metrics
 
 
 def weights(run_dir):
@@ -26,15 +39,16 @@ def test_ema_halflife_and_rampup():
 def test_a_run_writes_its_files_and_a_resumed_run_continues_exactly(tmp_path, tiny, channels_last):
     cfg = tiny(max_steps=6, checkpoint_every=2, channels_last=channels_last)
     straight = train(cfg, tmp_path / "straight")
-    for name in ("config.json", "metrics.jsonl", "samples.png", "denoising.gif"):
+    for name in ("config.json", "metrics.jsonl", "checkpoints/step-00000006.safetensors"):
         assert (straight.run_dir / name).stat().st_size > 0
 
-    def stop_at_3(trainer):
-        if trainer.step == 3:
-            trainer._stop_signal = "test"
+    def terminate_after_2(run):  # seen after the next step, at the clock's agreement
+        if run.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(Interrupted, match="resume with"):
-        train(cfg, tmp_path / "resumed", callbacks=(stop_at_3,))
+    with pytest.raises(Interrupted, match="stopped by SIGTERM at step 3; checkpoint saved, resume with") as stop:
+        train(cfg, tmp_path / "resumed", callbacks=(terminate_after_2,))
+    assert stop.value.signal_number == signal.SIGTERM
     assert load_checkpoint(latest_checkpoint(tmp_path / "resumed"))[1]["step"] == 3
     train(cfg, tmp_path / "resumed", resume=True)
 
@@ -64,17 +78,17 @@ def test_extending_a_finished_run(tmp_path, tiny):
     train(tiny(max_steps=2), tmp_path / "run")
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["data"]["condition"] == "class" and cfg["model"]["num_classes"] == 10, "resolved config"
-    trainer = Trainer(replace(tiny(), train=replace(tiny().train, max_steps=4)), tmp_path / "run", resume=True)
+    trainer = Trainer(replace(tiny(), length=replace(tiny().length, max_steps=4)), tmp_path / "run", resume=True)
     assert trainer.step == 2
     trainer.run()
     assert weights(tmp_path / "run")[1]["step"] == 4
 
 
-def poison_step(k):
+def poison_step(trainer, k):
     """A callback that puts a NaN into one weight after step k, so that step k + 1 has a NaN loss."""
 
-    def callback(trainer):
-        if trainer.step == k:
+    def callback(run):
+        if run.step == k:
             with torch.no_grad():
                 next(trainer.model.parameters()).view(-1)[0] = float("nan")
 
@@ -83,7 +97,8 @@ def poison_step(k):
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny):
     cfg = tiny(max_steps=8, checkpoint_every=2, log_every=3)
-    trainer = Trainer(cfg, tmp_path / "run", callbacks=(poison_step(4),))
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.callbacks = (poison_step(trainer, 4),)
     with pytest.raises(NonFiniteLoss, match="at step 5; the last good checkpoint is in"):
         trainer.run()
     tensors, meta = weights(tmp_path / "run")
@@ -93,31 +108,81 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 def test_a_non_finite_step_is_skipped_on_request(tmp_path, tiny):
     run = tmp_path / "run"
     trainer = Trainer(tiny(max_steps=6, log_every=2, nonfinite="skip"), run)
-    draw = trainer.draw
+    draw = trainer.train_step.draw
 
     def nan_batch_at_step_3(step):
-        x0, t, eps, cond = draw(step)
-        return (x0 * float("nan") if step == 3 else x0), t, eps, cond
+        batch = draw(step)
+        return replace(batch, x0=batch.x0 * float("nan")) if step == 3 else batch
 
-    trainer.draw = nan_batch_at_step_3
+    trainer.train_step.draw = nan_batch_at_step_3
     trainer.run()
-    assert trainer.step == 6 and int(trainer.skipped) == 1
+    assert trainer.step == 6 and int(trainer.state.skipped) == 1
     assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
-    assert all(torch.isfinite(v).all() for v in trainer.ema.state_dict().values())
+    assert all(torch.isfinite(v).all() for v in trainer.state.ema.state_dict().values())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("skipped_steps", 0) for r in records] == [0, 1, 1] and all(math.isfinite(r["loss"]) for r in records)
 
 
-def test_learning_rate_warms_up_then_decays_to_zero(tmp_path, tiny):
-    trainer = Trainer(tiny(max_steps=100, warmup_steps=10, lr=1.0), tmp_path / "run")
-    lrs = []
-    for step in range(100):
-        trainer.step = step
-        lrs.append(trainer.learning_rate())
+def test_learning_rate_warms_up_then_decays_to_zero():
+    lrs = [learning_rate(k, lr=1.0, warmup_steps=10, decay="cosine", total_steps=100) for k in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(math.cos(math.pi * 0.09) / 2 + 0.5)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False)) and lrs[-1] < 1e-3
+    halfway_in_time = learning_rate(
+        10, lr=1.0, warmup_steps=0, decay="linear", total_steps=None, elapsed=30, budget_s=60
+    )
+    assert halfway_in_time == pytest.approx(0.5)
 
 
-def test_impossible_batch_is_refused(tmp_path, tiny):
-    with pytest.raises(ConfigError, match="larger than the dataset"):
-        Trainer(tiny(batch_size=4096), tmp_path / "run")
+def test_batches_walk_epoch_permutations_and_may_straddle_them():
+    n, B = 10, 4
+    drawn = torch.cat([batch_indices(0, k, n, B) for k in range(5)])  # two epochs in 5 steps of 4
+    assert sorted(drawn[:10].tolist()) == list(range(10)) and sorted(drawn[10:].tolist()) == list(range(10))
+    assert not torch.equal(drawn[:10], drawn[10:]), "each epoch has its own order"
+    big = batch_indices(0, 3, 3, 8)  # a dataset smaller than the batch: every image about B / N times
+    assert len(big) == 8 and set(big.tolist()) == {0, 1, 2}
+    assert (
+        total_steps(None, 2.0, 10, 4) == 5
+        and total_steps(3, 2.0, 10, 4) == 3
+        and total_steps(None, None, 10, 4) is None
+    )
+
+
+def test_random_streams_are_named_by_purpose():
+    seeds = {stream_seed(0, purpose, 5) for purpose in ("t", "noise", "flip", "cond-dropout", "data-order")}
+    seeds |= {stream_seed(0, "dropout", 5, rank) for rank in (0, 1)} | {
+        stream_seed(0, "noise", 6),
+        stream_seed(1, "noise", 5),
+    }
+    assert len(seeds) == 9, "no two purposes, steps, ranks or seeds share a stream"
+
+
+def test_a_dataset_smaller_than_the_batch_trains_and_says_so(tmp_path, tiny, capsys):
+    trainer = Trainer(tiny(batch_size=4096, max_steps=2), tmp_path / "run")
+    trainer.run()
+    assert trainer.step == 2 and "fewer than a batch of 4096" in capsys.readouterr().out
+
+
+def test_a_run_directory_is_locked_while_it_trains(tmp_path, tiny):
+    def second_run(run):
+        if run.step == 1:
+            with pytest.raises(PixelDiffusionError, match="in use by another training process"):
+                train(tiny(), tmp_path / "run")
+
+    train(tiny(max_steps=2), tmp_path / "run", callbacks=(second_run,))
+    train(tiny(max_steps=3), tmp_path / "run", resume=True)  # free again once the first has ended
+
+
+def test_resume_tolerates_a_metrics_line_cut_short_by_a_crash(tmp_path, tiny):
+    train(tiny(max_steps=2), tmp_path / "run")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 3, "lo')
+    train(tiny(max_steps=4), tmp_path / "run", resume=True)
+    assert [r["step"] for r in read_metrics(metrics)] == [1, 2, 3, 4]
+
+
+def test_sample_every_writes_grids_during_training(tmp_path, tiny):
+    train(tiny(max_steps=4, sample_every=2), tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == [
+        "step-00000002.png",
+        "step-00000004.png",
+    ]

@@ -33,6 +33,7 @@ def run_dir(tmp_path_factory):
     """A run of three steps of the tiny model, trained once for this file."""
     path = tmp_path_factory.mktemp("visualize") / "run"
     train(tiny_config(max_steps=3, checkpoint_every=3), path)
+    Pipeline.from_run(path).save_preview(path / "samples.png", gif=path / "denoising.gif")  # as `train` the command
     return path
 
 
@@ -106,7 +107,7 @@ def test_latest_samples_is_the_newest_grid(tmp_path):
 
 @pytest.fixture(scope="module")
 def frames(run_dir):
-    return Pipeline.from_run(run_dir).sample(3, record=3).frames
+    return Pipeline.from_run(run_dir).sample(3, frames=4).frames
 
 
 def test_denoising_pictures_put_x0_beside_x_t_and_write_a_gif(frames, tmp_path):

@@ -18,15 +18,15 @@ from pixeldiffusion.errors import PixelDiffusionError
 if TYPE_CHECKING:  # hints only: tensorboard is optional, and training may come to import this module
     from torch.utils.tensorboard import SummaryWriter
 
-    from pixeldiffusion.training import Trainer
+    from pixeldiffusion.training import RunView
 
 SAMPLES = 16  # images in each logged grid
 
 
-def tensorboard_logger(log_dir: str | Path, *, every: int = 1000) -> Callable[[Trainer], None]:
+def tensorboard_logger(log_dir: str | Path, *, every: int = 1000) -> Callable[[RunView], None]:
     """A training callback writing TensorBoard events to `log_dir`, on the main process only: each new line of
     metrics.jsonl as scalars (train/loss, train/lr, ..., eval/fd, ...) and, every `every` steps, a grid of
-    samples from the EMA weights."""
+    samples from the EMA weights (the main process samples alone, without collectives)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
@@ -38,12 +38,12 @@ def tensorboard_logger(log_dir: str | Path, *, every: int = 1000) -> Callable[[T
     writer = None
     read = 0  # bytes of metrics.jsonl already logged
 
-    def log(trainer: Trainer) -> None:
+    def log(run: RunView) -> None:
         nonlocal writer, read
-        if not trainer.process.is_main:
+        if not run.process.is_main:
             return
         writer = writer or SummaryWriter(str(log_dir))
-        metrics = trainer.run_dir / "metrics.jsonl"
+        metrics = run.run_dir / "metrics.jsonl"
         if metrics.exists() and metrics.stat().st_size > read:
             with open(metrics, "rb") as f:
                 f.seek(read)
@@ -52,8 +52,8 @@ def tensorboard_logger(log_dir: str | Path, *, every: int = 1000) -> Callable[[T
             read += len(complete)
             for line in complete.decode().splitlines():
                 _add_scalars(writer, json.loads(line))
-        if trainer.step % every == 0:
-            _add_samples(writer, trainer)
+        if run.step % every == 0:
+            _add_samples(writer, run)
         writer.flush()
 
     return log
@@ -67,7 +67,7 @@ def _add_scalars(writer: SummaryWriter, record: dict) -> None:
             writer.add_scalar(f"{group}/{name}", value, record["step"])
 
 
-def _add_samples(writer: SummaryWriter, trainer: Trainer) -> None:
+def _add_samples(writer: SummaryWriter, run: RunView) -> None:
     """A grid of samples from the EMA weights with the run's sampling settings (every class in turn)."""
-    grid = trainer.pipeline().sample(SAMPLES).grid().convert("RGB")
-    writer.add_image("samples", np.asarray(grid), trainer.step, dataformats="HWC")
+    grid = run.pipeline().sample(SAMPLES).grid().convert("RGB")
+    writer.add_image("samples", np.asarray(grid), run.step, dataformats="HWC")

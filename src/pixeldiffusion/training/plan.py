@@ -1,0 +1,62 @@
+"""The plan of a run as pure functions of (config, step): which images a step draws, its learning rate and the
+EMA's decay. Nothing here keeps state, so a resumed run and every process of a launch compute the same values."""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+
+from pixeldiffusion.seeding import generator
+
+
+def total_steps(max_steps: int | None, epochs: float | None, dataset_size: int, batch_size: int) -> int | None:
+    """The step at which the run ends: the earlier of max_steps and `epochs` passes over the data (None: time only)."""
+    bounds = [s for s in (max_steps, epochs and math.ceil(epochs * dataset_size / batch_size)) if s]
+    return min(bounds) if bounds else None
+
+
+@lru_cache(maxsize=4)
+def epoch_order(seed: int, epoch: int, dataset_size: int) -> torch.Tensor:
+    """The permutation of the dataset for one pass over it, from the stream (seed, "data-order", epoch)."""
+    return torch.randperm(dataset_size, generator=generator(seed, "data-order", epoch))
+
+
+def batch_indices(seed: int, step: int, dataset_size: int, batch_size: int) -> torch.Tensor:
+    """Indices of a step's global batch: positions [step B, (step + 1) B) of the endless sequence of epoch
+    permutations. A batch may straddle two epochs, so no image is dropped, and a dataset smaller than the
+    batch still trains (each batch then holds every image about B / N times)."""
+    start, stop = step * batch_size, (step + 1) * batch_size
+    first, last = start // dataset_size, (stop - 1) // dataset_size
+    order = torch.cat([epoch_order(seed, e, dataset_size) for e in range(first, last + 1)])
+    offset = start - first * dataset_size
+    return order[offset : offset + batch_size]
+
+
+def learning_rate(
+    step: int,
+    *,
+    lr: float,
+    warmup_steps: int,
+    decay: str,
+    total_steps: int | None,
+    elapsed: float = 0.0,
+    budget_s: float | None = None,
+) -> float:
+    """Linear warm-up over warmup_steps, then cosine, linear or no decay to zero at the end of the run, whose
+    progress is the larger of step / total_steps and elapsed / budget_s (a time budget)."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    progress = step / total_steps if total_steps else 0.0
+    if budget_s:
+        progress = max(progress, elapsed / budget_s)
+    progress = min(progress, 1.0)
+    shape = {"cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1 - progress, "constant": 1.0}
+    return lr * warm * shape[decay]
+
+
+def ema_decay(step: int, halflife: float, rampup: float) -> float:
+    """Per-step EMA decay for a half-life in steps, capped early at rampup * step (EDM's ramp-up):
+    decay = 0.5 ** (1 / min(halflife, rampup * step))."""
+    h = min(halflife, rampup * step)
+    return 0.5 ** (1 / h) if h > 0 else 0.0
