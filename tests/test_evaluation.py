@@ -1,9 +1,11 @@
 """Sample-quality evaluation end to end: `eval --run` and `eval --images`, cached reference statistics, evaluation
 during training with the best checkpoint, the FID Inception's weights file (key names, safe loading, download)."""
 
+import functools
 import hashlib
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -13,10 +15,11 @@ from PIL import Image
 from conftest import tiny_config
 from pixeldiffusion.checkpoint import list_checkpoints, load_checkpoint
 from pixeldiffusion.cli import main
-from pixeldiffusion.data import download
+from pixeldiffusion.data import download, load_dataset
 from pixeldiffusion.errors import PixelDiffusionError
-from pixeldiffusion.evaluation import callback, statistics
+from pixeldiffusion.evaluation import callback, classifier, statistics
 from pixeldiffusion.evaluation.classifier import train_classifier
+from pixeldiffusion.evaluation.evaluate import as_uint8_images, evaluate_images, read_arrays
 from pixeldiffusion.evaluation.inception import WEIGHTS_FILE, FIDInception, load_inception
 from pixeldiffusion.evaluation.reference import Reference
 from pixeldiffusion.pipeline import Pipeline
@@ -27,11 +30,11 @@ DIGITS = "digits:all (one split, no held-out images) at 16x16"
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    """A cache holding a small classifier of the digits at 16x16, trained for one epoch."""
+    """A cache holding a narrow classifier of the digits at 16x16, trained for the default epochs (98% held out)."""
     path = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PIXELDIFFUSION_CACHE", str(path))
-        train_classifier("digits", epochs=1, widths=(8, 16))
+        assert train_classifier("digits", widths=(16, 32)).info.test_accuracy >= classifier.MIN_ACCURACY
         yield path
 
 
@@ -67,7 +70,7 @@ def test_eval_run_logs_one_line_and_prints_a_table(run, capsys):
     for name in ("fd", "kid", "kid_std", "precision", "recall", "accuracy", "class_entropy", "classes_present"):
         assert math.isfinite(record[name]), name
     assert 0 <= record["memorisation_fraction"] <= 1 and record["memorisation_train_median"] > 0
-    assert record["warnings"] == []  # 40 samples > 16 features of this classifier
+    assert record["warnings"] == []  # 40 samples > 32 features of this classifier
     out = capsys.readouterr().out
     assert f"{run} at step 4 ({meta['elapsed'] / 60:.1f} training minutes); sampler ddim, steps 3, guidance 2.0" in out
     assert f"40 images, features: classifier digits-16, reference: {DIGITS}" in out
@@ -151,36 +154,110 @@ def test_eval_images_from_npz_and_png_folder(run, tmp_path, capsys, monkeypatch)
 
 def test_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     empty = tmp_path / "no-images.npz"
-    np.savez(empty, pictures=np.zeros((2, 16, 16, 1), np.uint8))
-    assert "has no array named 'images' (it has: pictures)" in fails(
+    np.savez(empty, pictures=np.zeros((2, 16, 16, 1), np.uint8), masks=np.zeros(2))
+    assert "has no array named 'images' or 'arr_0' (it has: pictures, masks)" in fails(
         capsys, "eval", "--images", str(empty), "--dataset", "digits"
     )
+    ambiguous = tmp_path / "ambiguous.npy"
+    np.save(ambiguous, np.zeros((4, 3, 3, 3), np.uint8))
+    message = fails(capsys, "eval", "--images", str(ambiguous), "--dataset", "digits")
+    assert "ambiguous.npy: uint8 (4, 3, 3, 3): cannot tell which axis holds the channels" in message
     small = tmp_path / "small.npz"
     np.savez(small, images=np.zeros((4, 8, 8, 1), np.uint8))
-    message = fails(capsys, "eval", "--images", str(small), "--dataset", "digits")
-    assert message.endswith("train it with: pixeldiffusion train-classifier --dataset digits --image-size 8\n")
-    classifier = tmp_path / "digits-16.safetensors"
-    assert main(["train-classifier", "--dataset", "digits", "--epochs", "1", "--out", str(classifier)]) == 0
-    message = fails(capsys, "eval", "--images", str(small), "--dataset", "digits", "--classifier", str(classifier))
-    assert f"{classifier} was trained on digits at 16x16, not on digits at 8x8" in message
+    weak = tmp_path / "digits-16.safetensors"
+    assert main(["train-classifier", "--dataset", "digits", "--epochs", "1", "--out", str(weak)]) == 0
+    message = fails(capsys, "eval", "--images", str(small), "--dataset", "digits", "--classifier", str(weak))
+    assert f"{weak} was trained on digits at 16x16, not on digits at 8x8" in message
     weights = tmp_path / "cache" / "weights" / WEIGHTS_FILE
     monkeypatch.setenv("PIXELDIFFUSION_CACHE", str(tmp_path / "cache"))
     message = fails(capsys, "eval", "--run", str(run), "--features", "inception")
     assert f"no Inception weights at {weights}: run `pixeldiffusion download-inception`" in message
     message = fails(capsys, "eval", "--run", str(run), "--features", "inception", "--inception-weights", "w.pth")
     assert "no Inception weights at w.pth: download https://github.com/mseitzer/pytorch-fid/releases/" in message
-    with pytest.raises(
-        PixelDiffusionError, match="train it with: pixeldiffusion train-classifier --dataset digits --image-size 16$"
-    ):
-        train(tiny_config(eval_every=2), tmp_path / "never")
-    assert not (tmp_path / "never").exists(), "a missing classifier stops training before it starts"
+
+
+def test_a_classifier_below_the_minimum_accuracy_is_refused(run, tmp_path, capsys):
+    weak = tmp_path / "weak.safetensors"
+    accuracy = train_classifier("digits", epochs=1, widths=(8, 16), out=weak).info.test_accuracy
+    assert accuracy < classifier.MIN_ACCURACY
+    images = tmp_path / "s.npy"
+    np.save(images, load_dataset("digits").images[:8].numpy())
+    message = fails(capsys, "eval", "--images", str(images), "--dataset", "digits", "--classifier", str(weak))
+    assert message.endswith(
+        f"{weak} classifies {accuracy:.1%} of digits: 1/6 held out (one split) correctly, below the 95% needed to "
+        f"score with it; train a better one with: pixeldiffusion train-classifier --dataset digits --image-size 16 "
+        f"--out {weak}\n"
+    )
+    assert "below the 95%" in fails(capsys, "eval", "--run", str(run), "--n", "4", "--classifier", str(weak))
+
+
+def test_evaluation_with_no_classifier_trains_one_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PIXELDIFFUSION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(classifier, "fit_classifier", functools.partial(classifier.fit_classifier, widths=(16, 32)))
+    callback.evaluation_callback(tiny_config(eval_every=2))  # what `train --eval-every` sets up before training
+    kept = tmp_path / "cache" / "classifiers" / "digits-16.safetensors"
+    assert capsys.readouterr().out == (
+        f"no classifier of digits at 16x16 to score with yet: training one (21 epochs, under a CPU minute), kept as "
+        f"{kept}\n"
+    )
+    images = tmp_path / "s.npy"
+    np.save(images, load_dataset("digits").images[:8].numpy())
+    assert main(["eval", "--images", str(images), "--dataset", "digits"]) == 0
+    assert "no classifier" not in capsys.readouterr().out, "the classifier trained once is kept"
+
+
+def test_eval_images_reads_every_layout_and_value_range(cache, tmp_path):
+    pixels = load_dataset("digits").images[:40]  # uint8 (N, 1, 16, 16)
+    nchw, nhwc = pixels.numpy(), pixels.permute(0, 2, 3, 1).numpy()
+    as_float = nchw.astype(np.float32)
+    forms = {  # file -> array(s), and how it is read (after the file's name)
+        "nchw.npy": (nchw, ": uint8 (40, 1, 16, 16) read as NCHW, pixels 0..255"),
+        "nhwc.npz": ({"images": nhwc}, " 'images': uint8 (40, 16, 16, 1) read as NHWC, pixels 0..255"),
+        "grey.npz": ({"arr_0": nchw[:, 0]}, " 'arr_0': uint8 (40, 16, 16) read as (N, H, W) grey, pixels 0..255"),
+        "unit.npy": (as_float / 255, ": float32 (40, 1, 16, 16) read as NCHW, floats taken as [0, 1]"),
+        "signed.npy": (as_float / 127.5 - 1, ": float32 (40, 1, 16, 16) read as NCHW, floats in [-1, 1]"),
+        "nhwc64.npy": (nhwc / 255, ": float64 (40, 16, 16, 1) read as NHWC, floats taken as [0, 1]"),
+    }
+    distances = set()
+    for name, (array, read_as) in forms.items():
+        path = tmp_path / name
+        if isinstance(array, dict):
+            np.savez(path, **array)
+        else:
+            np.save(path, array)
+        evaluation = evaluate_images(path, dataset="digits", device="cpu")
+        assert evaluation.read_as == f"{path}{read_as}"
+        assert f"\n  read as                 {evaluation.read_as}" in evaluation.table()
+        distances.add(evaluation.fd)
+    assert len(distances) == 1, "the same pixels, however written, score the same"
+    np.savez(tmp_path / "labelled.npz", nhwc, np.arange(40) % 10)  # arr_0 and arr_1, as guided-diffusion writes
+    assert torch.equal(read_arrays(tmp_path / "labelled.npz")[1], torch.arange(40) % 10)
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((4, 3, 3, 3), np.uint8), "cannot tell which axis holds the channels"),
+        (np.zeros((4, 16, 16, 4), np.uint8), "cannot tell which axis holds the channels; expected (N, H, W, C)"),
+        (np.zeros((4, 16), np.uint8), "expected (N, H, W, C) or (N, C, H, W) with C 1 or 3, or (N, H, W) grey"),
+        (np.zeros((0, 16, 16)), "no images"),
+        (np.full((4, 1, 8, 8), 1.5), "floats from 1.5 to 1.5; expected [0, 1] or [-1, 1] (or uint8 0..255)"),
+        (np.full((4, 1, 8, 8), np.nan), "some values are NaN or infinite"),
+        (np.full((4, 1, 8, 8), 256), "integers from 256 to 256, not pixels 0..255"),
+        (np.full((4, 1, 8, 8), "a"), "not numbers"),
+    ],
+)
+def test_eval_images_refuses_what_it_cannot_read_in_one_line(array, message):
+    with pytest.raises(PixelDiffusionError, match=re.escape(message)):
+        as_uint8_images(array, where="x.npy")
 
 
 def test_training_evaluates_keeps_the_best_checkpoint_and_keeps_to_its_budget(cache, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(callback, "BUDGET", math.inf)
     monkeypatch.setattr(callback, "FAST", {"sampler": "dpmpp_2m", "steps": 2})
     path = tmp_path / "run"
-    train(tiny_config(max_steps=4, checkpoint_every=2, keep=1, eval_every=2, eval_samples=20), path)
+    config = tiny_config(max_steps=4, checkpoint_every=2, keep=1, eval_every=2, eval_samples=20)
+    train(config, path, callbacks=(callback.evaluation_callback(config),))
     lines = eval_lines(path)
     assert [(r["step"], r["n"], r["sampling"]["sampler"], r["sampling"]["steps"]) for r in lines] == [
         (2, 20, "dpmpp_2m", 2),
@@ -198,7 +275,8 @@ def test_training_evaluates_keeps_the_best_checkpoint_and_keeps_to_its_budget(ca
 
     monkeypatch.setattr(callback, "BUDGET", 0.0)  # after the first evaluation, any more would exceed it
     capsys.readouterr()
-    train(tiny_config(max_steps=2, eval_every=1, eval_samples=20), tmp_path / "frugal")
+    config = tiny_config(max_steps=2, eval_every=1, eval_samples=20)
+    train(config, tmp_path / "frugal", callbacks=(callback.evaluation_callback(config),))
     assert [r["step"] for r in eval_lines(tmp_path / "frugal")] == [1]
     assert "step 2: evaluation skipped, evaluating has taken" in capsys.readouterr().out
 

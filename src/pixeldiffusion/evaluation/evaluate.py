@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from PIL import Image
 
 from pixeldiffusion import checkpoint as ckpt
 from pixeldiffusion.config import SampleConfig
 from pixeldiffusion.data import to_model_range, to_uint8
 from pixeldiffusion.data.pictures import SUFFIXES, decode_pictures
-from pixeldiffusion.distributed import resolve_device
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
-from pixeldiffusion.evaluation.classifier import TrainedClassifier, classifier_path, find_classifier
+from pixeldiffusion.evaluation.classifier import TrainedClassifier, classifier_for, classifier_path
 from pixeldiffusion.evaluation.inception import load_inception
 from pixeldiffusion.evaluation.metrics import (
     Memorisation,
@@ -38,6 +37,7 @@ from pixeldiffusion.evaluation.metrics import (
 from pixeldiffusion.evaluation.reference import Reference
 from pixeldiffusion.evaluation.statistics import Extractor, batched, reference_statistics
 from pixeldiffusion.pipeline import Pipeline
+from pixeldiffusion.process import Process, resolve_device
 
 FEATURES = ("classifier", "inception")
 
@@ -59,6 +59,7 @@ class Evaluation:
     class_entropy: float | None = None  # entropy (nats) of the predicted classes
     classes_present: int | None = None
     num_classes: int | None = None
+    read_as: str | None = None  # images from a file: how they were read (layout, value range assumed)
     warnings: tuple[str, ...] = ()
 
     def record(self) -> dict:
@@ -86,6 +87,8 @@ class Evaluation:
             f"median {m.median:.3f} (train spacing {m.train_median:.3f}); {m.fraction:.1%} within {m.threshold:.3f}"
         )
         rows.append(("nearest training image", nearest))
+        if self.read_as is not None:
+            rows.append(("read as", self.read_as))
         head = f"{self.n} images, features: {self.extractor}, reference: {self.reference}"
         return "\n".join(
             [head, *(f"  {name:<24}{value}" for name, value in rows), *(f"warning: {w}" for w in self.warnings)]
@@ -164,10 +167,13 @@ def sample_and_score(
     reference: Reference,
     extractor: Extractor,
     classifier: TrainedClassifier | None,
+    processes: Process | None = None,
+    progress: bool = False,
 ) -> Evaluation:
     """Sample config.n images with these settings (every class in turn for a class-conditional model) and `score`
-    them, the requested classes given to the classifier."""
-    samples = pipe.sample(**asdict(config))
+    them, the requested classes given to the classifier; with `processes`, the sampling is shared out over them;
+    `progress` shows a progress bar of the sampling."""
+    samples = pipe.sample(processes=processes, progress=progress, **asdict(config))
     return score(
         to_uint8(samples.images),
         reference=reference,
@@ -198,7 +204,7 @@ def extractors(
         )
     judge = None
     if labelled and (features == "classifier" or classifier or classifier_path(reference).is_file()):
-        judge = find_classifier(reference, path=classifier, device=device)
+        judge = classifier_for(reference, path=classifier, device=device)
     return (judge if features == "classifier" else load_inception(inception_weights, device=device)), judge
 
 
@@ -224,24 +230,46 @@ def evaluate_run(
     inception_weights: str | Path | None = None,
     classifier: str | Path | None = None,
     data_dir: str | None = None,
+    dataset: str | None = None,
     device: str | torch.device = "auto",
+    processes: Process | None = None,
+    progress: bool = False,
     **sampling,
 ) -> tuple[Evaluation, dict]:
     """Sample n images from the latest checkpoint of a run (every class in turn for a class-conditional model;
     `sampling`: SampleConfig fields such as sampler, steps, guidance, seed), score them against the held-out split
-    of its dataset (read from data_dir if given) and log the scores; returns them and the logged line. Under
-    torchrun the processes share the sampling out and rank 0 logs."""
-    path = ckpt.latest_checkpoint(run_dir)
-    _, meta = ckpt.load_checkpoint(path)
-    pipe = Pipeline.from_checkpoint(path, device=device)
-    reference = Reference.of_run(pipe.config, data_dir=data_dir)
+    of its dataset (read from data_dir if given) and log the scores; returns them and the logged line. With
+    `processes` (a torchrun launch) they share the sampling out and the main process logs. Any other model that
+    `Pipeline.from_pretrained` opens (a diffusers folder, hf://user/repo) is scored against `dataset` (default: the
+    one it records) and nothing is logged; its record has no step."""
+    from pixeldiffusion.interop.pretrained import UNKNOWN_DATASET
+
+    run = (Path(run_dir) / "checkpoints").is_dir()
+    if run:
+        path = ckpt.latest_checkpoint(run_dir)
+        _, meta = ckpt.load_checkpoint(path)
+        pipe = Pipeline.from_checkpoint(path, device=device)
+    else:
+        pipe, meta = Pipeline.from_pretrained(run_dir, device=device), {"step": None, "elapsed": None}
+    data = pipe.config.data if dataset is None else replace(pipe.config.data, dataset=dataset)
+    if data.dataset == UNKNOWN_DATASET:
+        raise PixelDiffusionError(f"{run_dir} does not record its dataset: give the one to compare with, --dataset")
+    reference = Reference.of_run(replace(pipe.config, data=data), data_dir=data_dir)
     extractor, judge = extractors(
         features, reference, inception_weights=inception_weights, classifier=classifier, device=pipe.device
     )
     config = replace(pipe.config.sample, n=n, **sampling)
-    evaluation = sample_and_score(pipe, config, reference=reference, extractor=extractor, classifier=judge)
+    evaluation = sample_and_score(
+        pipe,
+        config,
+        reference=reference,
+        extractor=extractor,
+        classifier=judge,
+        processes=processes,
+        progress=progress,
+    )
     record = {"step": meta["step"], "elapsed": meta["elapsed"], "sampling": sampling_settings(config)}
-    if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun the processes shared the sampling out
+    if not run or (processes and not processes.is_main):
         return evaluation, record
     return evaluation, log_evaluation(run_dir, evaluation, **record)
 
@@ -262,9 +290,9 @@ def evaluate_images(
     classifier: str | Path | None = None,
     device: str = "auto",
 ) -> Evaluation:
-    """Score images from anywhere against a dataset at their size (padded when pad): an .npz with a uint8 (N, H, W, C)
-    array "images" (and optionally the requested "labels"), as `pixeldiffusion sample --npz` writes, or a folder of
-    pictures (brought to the dataset's channels)."""
+    """Score images from anywhere against a dataset at their size (padded when pad): an .npz or .npy array as other
+    libraries write them (see `read_arrays`; an .npz may add the requested "labels"), or a folder of pictures
+    (brought to the dataset's channels). The evaluation's `read_as` says how they were read."""
     path, target = Path(path), resolve_device(device)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
@@ -275,35 +303,93 @@ def evaluate_images(
         reference = Reference.of_dataset(dataset, data_dir=data_dir, image_size=size, pad=pad)
         channels = reference.held_out.shape[0]
         images = torch.from_numpy(decode_pictures([(str(p), p) for p in files], size=size, channels=channels))
-        labels = None
+        labels, read_as = None, f"{path}: {len(files)} pictures, at {size}x{size} {'grey' if channels == 1 else 'RGB'}"
     else:
-        images, labels = read_npz(path)
+        images, labels, read_as = read_arrays(path)
         reference = Reference.of_dataset(dataset, data_dir=data_dir, image_size=images.shape[-1], pad=pad)
     extractor, judge = extractors(
         features, reference, inception_weights=inception_weights, classifier=classifier, device=target
     )
-    return score(images, reference=reference, extractor=extractor, classifier=judge, labels=labels, device=target)
-
-
-def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(uint8 images (N, C, H, W), labels or None) of an .npz holding "images" (N, H, W, C) and maybe "labels"."""
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            found = {name: arrays[name] for name in arrays.files}
-    except (OSError, ValueError) as e:
-        raise PixelDiffusionError(f"cannot read {path} as .npz: {e}") from e
-    images, labels = found.get("images"), found.get("labels")
-    if images is None:
-        raise PixelDiffusionError(
-            f"{path} has no array named 'images' (it has: {', '.join(found) or 'none'}); "
-            "expected uint8 (N, H, W, C) as `pixeldiffusion sample --npz` writes"
-        )
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or not len(images):
-        raise PixelDiffusionError(
-            f"{path}: 'images' is {images.dtype} {images.shape}; expected uint8 (N, H, W, C) with C 1 or 3"
-        )
-    if labels is not None and labels.shape != (len(images),):
-        raise PixelDiffusionError(f"{path}: {len(images)} images but 'labels' of shape {labels.shape}")
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), None if labels is None else torch.from_numpy(
-        labels
+    evaluation = score(
+        images, reference=reference, extractor=extractor, classifier=judge, labels=labels, device=target
     )
+    return replace(evaluation, read_as=read_as)
+
+
+IMAGE_ARRAYS = ("images", "arr_0")  # names in an .npz: `sample --npz`'s; np.savez's first unnamed (guided-diffusion)
+
+
+def read_arrays(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """(uint8 images (N, C, H, W), requested labels or None, how the images were read) of an .npy, or of an .npz
+    holding them as "images", "arr_0" or its only array, with labels as "labels" (or "arr_1" beside "arr_0")."""
+    if not path.is_file():
+        raise PixelDiffusionError(f"{path}: no such file or folder")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            found, name = {"": loaded}, ""
+        else:
+            with loaded:
+                found = {key: loaded[key] for key in loaded.files}
+            only = next(iter(found)) if len(found) == 1 else None
+            name = next((key for key in IMAGE_ARRAYS if key in found), only)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise PixelDiffusionError(f"cannot read {path} as .npz or .npy: {e}") from e
+    if name is None:
+        raise PixelDiffusionError(
+            f"{path} has no array named 'images' or 'arr_0' (it has: {', '.join(found) or 'none'}); "
+            "expected images as `pixeldiffusion sample --npz` writes them"
+        )
+    where = f"{path} '{name}'" if name else str(path)
+    images, read_as = as_uint8_images(found[name], where=where)
+    labels = found.get("labels", found.get("arr_1") if name == "arr_0" else None)
+    if labels is not None and (labels.shape != (len(images),) or labels.dtype.kind not in "iu"):
+        raise PixelDiffusionError(
+            f"{path}: {len(images)} images but labels {labels.dtype} {labels.shape}; expected {len(images)} integers"
+        )
+    return images, None if labels is None else torch.from_numpy(labels.astype(np.int64)), read_as
+
+
+def as_uint8_images(array: np.ndarray, *, where: str) -> tuple[torch.Tensor, str]:
+    """uint8 images (N, C, H, W) of an array as other libraries write them, and a line saying how it was read.
+
+    Layouts: (N, H, W, C) or (N, C, H, W) with C 1 or 3 (when both fit, the one whose images are square), and
+    (N, H, W) grey. Values: uint8 (or other integers in 0..255), or floats in [0, 1], or in [-1, 1] when any is
+    negative.
+    """
+    described = f"{where}: {array.dtype} {tuple(array.shape)}"
+    expected = "expected (N, H, W, C) or (N, C, H, W) with C 1 or 3, or (N, H, W) grey"
+    if array.ndim == 3:
+        layout, array = "(N, H, W) grey", array[:, None]
+    elif array.ndim == 4:
+        _, a, b, c = array.shape
+        layouts = [layout for layout, fits in (("NCHW", a in (1, 3)), ("NHWC", c in (1, 3))) if fits]
+        if len(layouts) == 2:
+            layouts = [layout for layout, square in (("NCHW", b == c), ("NHWC", a == b)) if square]
+        if len(layouts) != 1:
+            raise PixelDiffusionError(f"{described}: cannot tell which axis holds the channels; {expected}")
+        layout = layouts[0]
+        array = array if layout == "NCHW" else array.transpose(0, 3, 1, 2)
+    else:
+        raise PixelDiffusionError(f"{described}: {expected}")
+    if not array.size:
+        raise PixelDiffusionError(f"{described}: no images")
+    if array.dtype.kind in "iu":
+        if array.min() < 0 or array.max() > 255:
+            raise PixelDiffusionError(f"{described}: integers from {array.min()} to {array.max()}, not pixels 0..255")
+        pixels, values = torch.from_numpy(array.astype(np.uint8)), "pixels 0..255"
+    elif array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise PixelDiffusionError(f"{described}: some values are NaN or infinite")
+        low, high = float(array.min()), float(array.max())
+        if low < -1 or high > 1:
+            raise PixelDiffusionError(
+                f"{described}: floats from {low:.4g} to {high:.4g}; expected [0, 1] or [-1, 1] (or uint8 0..255)"
+            )
+        x = torch.from_numpy(array.astype(np.float32))
+        pixels, values = (
+            (to_uint8(x * 2 - 1), "floats taken as [0, 1]") if low >= 0 else (to_uint8(x), "floats in [-1, 1]")
+        )
+    else:
+        raise PixelDiffusionError(f"{described}: not numbers; expected uint8 pixels or floats in [0, 1] or [-1, 1]")
+    return pixels.contiguous(), f"{described} read as {layout}, {values}"
