@@ -38,11 +38,12 @@ from diffusers.training_utils import EMAModel
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from pixeldiffusion.config import DataConfig, RunConfig, TrainConfig
+from pixeldiffusion.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig
 from pixeldiffusion.data import ImageData
-from pixeldiffusion.distributed import cpu_has_bf16, resolve_device
 from pixeldiffusion.models import UNet, UNetConfig, preset
 from pixeldiffusion.pipeline import Pipeline
+from pixeldiffusion.process import resolve_device
+from pixeldiffusion.runtime import cpu_has_bf16
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.training import Trainer
 
@@ -153,12 +154,13 @@ class RandomImages(DataConfig):
         return ImageData(name="random", images=torch.randint(0, 256, shape, dtype=torch.uint8, generator=g))
 
 
-def benchmark_trainer(config: UNetConfig, batch: int, **train) -> Trainer:
-    """The real Trainer on random pictures, in training mode; `train`: TrainConfig fields (precision, compile...)."""
+def benchmark_trainer(config: UNetConfig, batch: int, **runtime) -> Trainer:
+    """The real Trainer on random pictures, in training mode; `runtime`: RuntimeConfig fields (precision...)."""
     run = RunConfig(
         data=RandomImages(channels=config.in_channels, count=4 * batch),
         model=config,
-        train=TrainConfig(batch_size=batch, **train),
+        optim=OptimConfig(batch_size=batch),
+        runtime=RuntimeConfig(**runtime),
     )
     trainer = Trainer(run, Path(tempfile.gettempdir()) / "pixeldiffusion-benchmark")  # writes nothing there
     trainer.model.train()

@@ -1,13 +1,20 @@
 """The command line, end to end, as a user types it."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from subprocess import PIPE
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import TINY_FLAGS, run_cli
-from pixeldiffusion.cli import main
+from pixeldiffusion.cli import apply, main, parser
+from pixeldiffusion.config import RunConfig
+from pixeldiffusion.recipes import default_config
 
 
 def test_train_resume_and_sample(tmp_path):
@@ -50,7 +57,7 @@ def test_train_resume_and_sample(tmp_path):
     [
         (["train", "--dataset", "nope"], "unknown dataset 'nope'"),
         (["train", "--schedule", "exp"], "unknown schedule 'exp'; choose one of linear, cosine"),
-        (["sample", "--run", "/nonexistent"], "no checkpoint in /nonexistent/checkpoints"),
+        (["sample", "--run", "/nonexistent"], "/nonexistent does not exist"),
         (["train", "--preset", "huge"], "unknown model preset 'huge'"),
     ],
 )
@@ -81,16 +88,238 @@ def test_python_dash_m_and_help():
     assert result.returncode == 0 and "--max-steps" in result.stdout and "peak learning rate" in result.stdout
 
 
-def test_the_mnist_recipes_are_the_measured_ones_and_flags_override_them():
-    from pixeldiffusion.cli import apply, parser
-    from pixeldiffusion.config import default_config
-
-    for dataset in ("mnist", "fashion-mnist"):
-        config = default_config(dataset)
-        assert (config.prediction, config.train.weighting, config.model.image_size) == ("v", "min_snr", 28)
-        assert (config.sample.sampler, config.sample.steps) == ("ddpm", 50)
-    assert default_config("fashion-mnist").data.hflip and not default_config("mnist").data.hflip
-    assert default_config("digits").prediction == "eps"
+def test_flags_override_the_recipe():
     args = parser().parse_args(["train", "--dataset", "mnist", "--prediction", "eps", "--weighting", "none"])
     config = apply(default_config("mnist"), args)
-    assert (config.prediction, config.train.weighting, config.sample.sampler) == ("eps", "none", "ddpm")
+    assert (config.diffusion.prediction, config.diffusion.weighting, config.sample.sampler) == ("eps", "none", "ddpm")
+    args = parser().parse_args(["train", "--min-snr-gamma", "2.5", "--sample-steps", "7", "--eval-every", "9"])
+    config = apply(default_config("digits"), args)
+    assert (config.diffusion.min_snr_gamma, config.sample.steps, config.eval.every) == (2.5, 7, 9)
+
+
+@pytest.mark.parametrize(
+    "flags,length",
+    [
+        (["--minutes", "5"], (None, None, 5.0)),
+        (["--minutes", "5", "--max-steps", "10"], (10, None, 5.0)),
+        (["--epochs", "2"], (None, 2.0, None)),
+        ([], (2000, None, None)),
+    ],
+)
+def test_stop_conditions_given_replace_the_recipes(flags, length):
+    config = apply(default_config("digits"), parser().parse_args(["train", *flags]))
+    assert (config.length.max_steps, config.length.epochs, config.length.minutes) == length
+
+
+def run_main(capsys, *args: str) -> tuple[int, str]:
+    """`pixeldiffusion ARGS` in this process: its exit status and what it wrote on stderr."""
+    try:
+        status = main(list(args))
+    except SystemExit as e:  # argparse's errors and --help
+        status = e.code
+    return status, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A class-conditional run of one step."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--out", str(out), "--max-steps", "1", *TINY_FLAGS]) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--max-steps", "0"], "max_steps must be positive, got 0"),
+        (["train", "--minutes", "-5"], "minutes must be positive"),
+        (["train", "--batch-size", "0"], "batch size 0 must be a positive multiple"),
+        (["train", "--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+        (["train", "--channel-mult", "1,x"], "argument --channel-mult: expected whole numbers separated by commas"),
+        (["train", "--attention-heads", "0"], "attention_heads must be at least 1"),
+        (["train", "--image-size", "-16"], "image_size must be at least 1"),
+        (["train", "--eval-every", "-1"], "eval every must be >= 0"),
+        (["train", "--sample-every", "-1"], "sample_every must be at least 0"),
+        (["train", "--min-snr-gamma", "0"], "min_snr_gamma must be positive"),
+        (["train", "--prediction", "score"], "unknown prediction 'score'"),
+        (["train", "--device", "tpu"], "unknown device 'tpu'"),
+        (["train", "--sample-steps", "0"], "n, steps and batch_size must be at least 1"),
+        (["train", "--config", "/nonexistent.json"], "cannot read configuration /nonexistent.json"),
+        (["show", "forward", "--times", "1,x"], "argument --times: expected whole numbers separated by commas"),
+        (["show", "forward", "--n", "0"], "argument --n: expected a whole number >= 1, got '0'"),
+        (["show", "schedule", "--timesteps", "1"], "argument --timesteps: expected a whole number >= 2"),
+        (["show", "schedule", "--schedule", "linear,exp"], "unknown schedule 'exp'"),
+        (["show", "schedule", "--out", "s.bmp"], "argument --out: 's.bmp': name the file .png or .jpg"),
+        (["show", "run"], "show run needs the run directory"),
+        (["serve", "--run", "x", "--port", "70000"], "a port is at most 65535"),
+        (["train-classifier", "--dataset", "digits", "--epochs", "0"], "expected a whole number >= 1"),
+        (["sample", "--run", "x", "--out", "grid.bmp"], "'grid.bmp': name the file .png or .jpg or .jpeg"),
+        (["sample", "--run", "x", "--gif", "x.png"], "argument --gif: 'x.png': name the file .gif"),
+        (["sample", "--run", "x", "--context", "1,a"], "argument --context: expected numbers separated by commas"),
+        (["sample", "--run", "x", "--per-class", "0"], "argument --per-class: expected a whole number >= 1"),
+        (["sample", "--run", "x", "--n", "two"], "argument --n: invalid int value: 'two'"),
+        (["eval", "--run", "x", "--n", "1"], "argument --n: expected a whole number >= 2"),
+        (["train", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_malformed_values_give_one_line_and_status_2(capsys, args, message):
+    status, err = run_main(capsys, *args)
+    assert status == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--n", "0"], "n, steps and batch_size must be at least 1"),
+        (["--steps", "0"], "n, steps and batch_size must be at least 1"),
+        (["--batch-size", "0"], "n, steps and batch_size must be at least 1"),
+        (["--sampler", "euler"], "unknown sampler 'euler'"),
+        (["--class", "seven"], "unknown class 'seven'"),
+        (["--class", "12"], "class 12 out of range"),
+        (["--context", "1,0"], "class-conditional: give classes, not a context vector"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+    ],
+)
+def test_malformed_sampling_values_on_a_run_give_one_line(capsys, tmp_path, trained, args, message):
+    status, err = run_main(capsys, "sample", "--run", str(trained), "--out", str(tmp_path / "x.png"), *args)
+    assert status == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("suffix,kind", [(".jpg", "JPEG"), (".jpeg", "JPEG"), (".webp", "WEBP"), (".png", "PNG")])
+def test_sample_writes_jpeg_and_webp_grids(capsys, tmp_path, trained, suffix, kind):
+    out = tmp_path / f"grid{suffix}"
+    status, err = run_main(capsys, "sample", "--run", str(trained), "--n", "2", "--steps", "2", "--out", str(out))
+    assert status == 0, err
+    with Image.open(out) as grid:
+        assert grid.format == kind
+
+
+def test_show_run_takes_run_like_every_command(capsys, tmp_path, trained):
+    for args in (["--run", str(trained)], [str(trained)]):
+        out = tmp_path / "run.png"
+        assert run_main(capsys, "show", "run", *args, "--out", str(out))[0] == 0
+        assert Image.open(out).format == "PNG"
+        out.unlink()
+    status, err = run_main(capsys, "show", "run", str(trained), "--run", str(tmp_path))
+    assert status == 2 and "two run directories given" in err
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--lr", "0.1"],
+        ["--dataset", "mnist"],
+        ["--schedule", "cosine"],
+        ["--sample-steps", "3"],
+        ["--seed", "2"],
+        ["--base-channels", "16"],
+        ["--preset", "mnist"],
+        ["--pad"],
+    ],  # fmt: skip
+)
+def test_a_resumed_run_refuses_what_cannot_change(capsys, trained, flag):
+    status, err = run_main(capsys, "train", "--resume", str(trained), "--max-steps", "2", *flag)
+    assert status == 2 and f"{flag[0]} cannot change on a resumed run" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_resumed_run_takes_new_stop_conditions_logging_evaluation_and_runtime(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--max-steps", "1", *TINY_FLAGS]) == 0
+    flags = ["--max-steps", "2", "--log-every", "2", "--checkpoint-every", "5", "--eval-every", "0", "--device", "cpu"]
+    assert main(["train", "--resume", str(out), *flags, "--no-compile", "--keep", "1"]) == 0
+    config = RunConfig.load(out / "config.json")
+    assert (config.length.max_steps, config.log.log_every, config.log.keep, config.runtime.compile) == (2, 2, 1, False)
+
+
+def test_help_states_each_default_once(capsys):
+    for command in ("train", "sample", "eval", "show", "serve", "train-classifier"):
+        with pytest.raises(SystemExit) as exit:
+            parser().parse_args([command, "--help"])
+        out = capsys.readouterr().out
+        assert exit.value.code == 0
+        entries = []  # each option's lines: its first starts "  -", the others are indented further
+        for line in out.splitlines():
+            if line.startswith("  -"):
+                entries.append(line)
+            elif line.startswith("    ") and entries:
+                entries[-1] += line
+        for entry in entries:
+            assert entry.count("default") <= 1 and "default: None" not in entry, entry
+            assert entry.strip().startswith("-h") or len(entry.split()) > 2, f"no help: {entry}"
+        derived = [e for e in entries if e.strip().startswith(("--lr ", "--max-steps", "--steps", "--sampler"))]
+        assert all("(default: " in e for e in derived) and (derived or command not in ("train", "sample", "eval"))
+
+
+def test_sigterm_stops_a_run_with_status_143_after_saving(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "pixeldiffusion", "train", "--out", str(out), *TINY_FLAGS]
+    process = subprocess.Popen(
+        [*command, "--max-steps", "100000", "--checkpoint-every", "100000"], stderr=PIPE, text=True
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert list((out / "checkpoints").glob("step-*.safetensors")), "the run saved before it stopped"
+
+
+def test_an_interrupted_run_exits_with_128_plus_the_signal(capsys, monkeypatch, tmp_path):
+    import pixeldiffusion.training as training
+
+    def interrupted(*args, **kwargs):
+        raise training.Interrupted("stopped by SIGINT at step 3; checkpoint saved", signal.SIGINT)
+
+    monkeypatch.setattr(training, "train", interrupted)
+    status, err = run_main(capsys, "train", "--out", str(tmp_path / "run"), *TINY_FLAGS)
+    assert status == 130 and err.strip() == "pixeldiffusion: stopped by SIGINT at step 3; checkpoint saved"
+
+
+def test_training_on_a_folder_states_the_size_it_chose(capsys, tmp_path):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(16):
+        Image.new("L", (28, 28), 15 * i).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    status = main(
+        ["train", "--dataset", f"folder:{folder}", "--pad", "--out", str(out), "--max-steps", "1", *TINY_FLAGS]
+    )
+    assert status == 0
+    assert "at 32x32 pixels (padded)" in capsys.readouterr().out
+    config = RunConfig.load(out / "config.json")
+    assert config.data.pad and config.model.image_size == 32
+
+
+def test_show_forward_uses_the_resolution_train_would(capsys, monkeypatch, tmp_path):
+    from pixeldiffusion import visualize
+
+    seen = {}
+
+    def figure(dataset, schedules, times, **options):
+        seen.update(options)
+        return Image.new("L", (4, 4))
+
+    monkeypatch.setattr(visualize, "dataset_forward_figure", figure)
+    folder = tmp_path / "big"
+    folder.mkdir()
+    Image.new("RGB", (40, 44)).save(folder / "a.png")
+    assert (
+        run_main(capsys, "show", "forward", "--dataset", f"folder:{folder}", "--out", str(tmp_path / "f.png"))[0] == 0
+    )
+    assert seen["image_size"] == default_config(f"folder:{folder}").model.image_size == 40
+
+
+@pytest.mark.parametrize("quiet,terminal,shown", [(False, True, True), (True, True, False), (False, False, False)])
+def test_sampling_shows_progress_on_a_terminal_unless_quiet(
+    capsys, monkeypatch, tmp_path, trained, quiet, terminal, shown
+):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    args = ["sample", "--run", str(trained), "--n", "2", "--steps", "3", "--out", str(tmp_path / "s.png")]
+    status, err = run_main(capsys, *args, *(["--quiet"] if quiet else []))
+    assert status == 0 and ("3/3" in err) == shown, err

@@ -1,118 +1,269 @@
-"""The `pixeldiffusion` command: parses flags into configurations and calls one library function each."""
+"""The `pixeldiffusion` command: parses flags into configurations and calls one library function each.
+
+Every configuration flag is derived from a config dataclass field (its type, default and metadata["help"]); its
+argparse dest is "config." + the field's dotted path in RunConfig ("config.optim.lr"), so the flags given are
+applied with one `with_fields`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import re
 import sys
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from pixeldiffusion import distributed
-from pixeldiffusion.config import DataConfig, RunConfig, SampleConfig, TrainConfig, default_config, field_type
-from pixeldiffusion.errors import PixelDiffusionError
+from pixeldiffusion.config import RunConfig, RuntimeConfig, SampleConfig, field_type, with_fields
+from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.models.unet import UNetConfig
-from pixeldiffusion.schedule import ScheduleConfig
+from pixeldiffusion.process import setup, teardown
+from pixeldiffusion.recipes import RECIPES, default_config
+from pixeldiffusion.visualize import IMAGE_SUFFIXES
 
-# Config fields the dataset decides (channels, classes), not the user.
-DERIVED = {"in_channels", "num_classes", "context_dim"}
+DERIVED = {"in_channels", "num_classes", "context_dim"}  # model fields the dataset decides, not the user
+CONFIG = "config."  # the dest prefix of every flag derived from a config field
+# train's flag groups: the RunConfig group, its title and description in --help
+TRAIN_GROUPS = {
+    "data": ("data", None),
+    "model": ("model", "the U-Net; defaults: the model preset's (--preset)"),
+    "diffusion": ("diffusion", "the noise schedule, what the network predicts, and the loss"),
+    "optim": ("optimisation", None),
+    "length": ("run length", "the first stop condition reached ends the run; those given replace the recipe's"),
+    "log": ("logging", None),
+    "runtime": ("runtime", "device, precision and speed"),
+    "eval": ("evaluation", "sample quality during training"),
+    "sample": ("sampling", "the run's defaults for `pixeldiffusion sample` and its final grid"),
+}
+RUN_HELP = "run directory (its latest checkpoint), checkpoint, diffusers folder or hf://user/repo"
+PREFIXES = {"eval": "eval-", "sample": "sample-"}  # train's flags of these groups: --eval-every, --sample-steps
+RENAMES = {"diffusion.schedule.kind": "schedule"}  # --schedule, not --kind
+RESUMABLE = ("length", "log", "eval", "runtime")  # what a resumed run may change: its future, not its maths
+RECIPE_FIELDS = {path for recipe in RECIPES.values() for path in recipe}
 
 
-def field_help(cls: type) -> dict[str, str]:
-    """The trailing comment of each field in a config dataclass's source: the fields' documentation."""
-    pattern = re.compile(r"^\s+(\w+): [^#]*#\s*(.*)$")
-    return {m[1]: m[2] for line in inspect.getsource(cls).splitlines() if (m := pattern.match(line))}
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (a user error is one line everywhere in pixeldiffusion)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Formatter(argparse.HelpFormatter):
+    """Each flag's default shown once: the derived flags state theirs in their help, the others get it here."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = all(action.default is not hidden for hidden in (None, False, argparse.SUPPRESS))  # 0 is shown
+        if action.option_strings and shown and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+# -- value types: a malformed value is an argparse error (one line, status 2) -----------------------------------
+
+
+def numbers(kind: type, what: str, *, empty: bool = False):
+    """A comma-separated list of numbers, e.g. 1,2,2, as a tuple (`empty`: "" gives ())."""
+
+    def parse(text: str) -> tuple:
+        if empty and not text.strip():
+            return ()
+        try:
+            return tuple(kind(value) for value in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} separated by commas, got {text!r}") from None
+
+    return parse
+
+
+def at_least(low: int):
+    """A whole number >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def file_name(*suffixes: str):
+    """A file name ending in one of the suffixes (checked before any work is done)."""
+
+    def parse(text: str) -> str:
+        if Path(text).suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(f"{text!r}: name the file {' or '.join(suffixes)}")
+        return text
+
+    return parse
+
+
+def port(text: str) -> int:
+    """A TCP port number (0: any free one)."""
+    value = at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {text!r}")
+    return value
+
+
+# -- flags derived from the config dataclasses -----------------------------------------------------------------
+
+
+def flag_name(path: str, *, prefixed: bool = True) -> str:
+    """The flag of a config field: --lr for optim.lr, --schedule for diffusion.schedule.kind, and with `prefixed`,
+    --eval-every for eval.every and --sample-steps for sample.steps."""
+    group, name = path.split(".")[0], path.split(".")[-1]
+    prefix = PREFIXES.get(group, "") if prefixed else ""
+    return "--" + RENAMES.get(path, prefix + name.replace("_", "-"))
+
+
+def recipe_default(path: str, value: Any) -> str:
+    return f"{value}, or the dataset's recipe" if path in RECIPE_FIELDS else str(value)
 
 
 def add_fields(
-    parser: argparse.ArgumentParser,
+    group: argparse._ArgumentGroup,
     cls: type,
+    path: str,
     *,
-    prefix: str = "",
-    rename: dict | None = None,
+    prefixed: bool = True,
     skip: set[str] = frozenset(),
+    only: set[str] | None = None,
+    default: Callable[[str, Any], str] = lambda path, value: str(value),
 ) -> None:
-    """One flag per field of a config dataclass: --field-name, typed, with the field's comment as help."""
-    group = parser.add_argument_group(cls.__name__)
-    helps = field_help(cls)
+    """One flag per field of a config dataclass at `path` in RunConfig (nested dataclasses flattened), typed, with
+    its help and its default, as default(field's path, its value) says it."""
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
-        flag = "--" + prefix + (rename or {}).get(f.name, f.name).replace("_", "-")
+        field_path = f"{path}.{f.name}" if path else f.name
         kind = field_type(cls, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        text = f"{helps.get(f.name, '')} (default: {default})"
-        dest = f"{cls.__name__}.{f.name}"
+        if dataclasses.is_dataclass(kind):
+            add_fields(group, kind, field_path, prefixed=prefixed, default=default)
+            continue
+        text = f.metadata["help"]
+        if f.default is not None:
+            value = {True: "on", False: "off"}.get(f.default, f.default) if kind is bool else f.default
+            text += f" (default: {default(field_path, value)})"
+        elif "default" not in text:
+            text += " (default: none)"
+        options: dict[str, Any] = {"dest": CONFIG + field_path, "default": None, "help": text.replace("%", "%%")}
         if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, dest=dest, help=text)
+            options["action"] = argparse.BooleanOptionalAction
         elif kind is tuple:
-            group.add_argument(
-                flag,
-                default=None,
-                dest=dest,
-                metavar="N,N,...",
-                help=text,
-                type=lambda s: tuple(int(v) for v in s.split(",") if v.strip()),
-            )
+            options.update(type=numbers(int, "whole numbers", empty=True), metavar="N,N,...")
         else:
-            group.add_argument(flag, type=kind, default=None, dest=dest, help=text)
+            options.update(type=kind, metavar=f.name.upper())
+        group.add_argument(flag_name(field_path, prefixed=prefixed), **options)
 
 
-def overrides(args: argparse.Namespace, cls: type) -> dict:
-    """The fields of `cls` given on the command line."""
-    prefix = cls.__name__ + "."
+def given(args: argparse.Namespace, group: str = "") -> dict[str, Any]:
+    """The config fields given on the command line, by dotted path (relative to `group` when given)."""
+    prefix = CONFIG + (f"{group}." if group else "")
     return {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
 
 
 def apply(config: RunConfig, args: argparse.Namespace) -> RunConfig:
-    """The configuration with every flag given on the command line applied."""
-    return replace(
-        config,
-        data=replace(config.data, **overrides(args, DataConfig)),
-        model=replace(config.model, **overrides(args, UNetConfig)),
-        schedule=replace(config.schedule, **overrides(args, ScheduleConfig)),
-        train=replace(config.train, **overrides(args, TrainConfig)),
-        sample=replace(config.sample, **overrides(args, SampleConfig)),
-        **({"prediction": args.prediction} if getattr(args, "prediction", None) else {}),
-    )
+    """The configuration with every flag given applied; stop conditions given replace all of the config's own, so
+    that --minutes alone is not cut short by a recipe's step count."""
+    fields = given(args)
+    if any(path.startswith("length.") for path in fields):
+        fields = {"length.max_steps": None, "length.epochs": None, "length.minutes": None, **fields}
+    return with_fields(config, fields)
+
+
+def refuse_on_resume(args: argparse.Namespace, config: RunConfig) -> None:
+    """A resumed run continues the same model, data and objective: only what decides its future may change (a flag
+    repeating the run's own value is accepted)."""
+    fixed = [
+        flag_name(path)
+        for path, value in given(args).items()
+        if path.split(".")[0] not in RESUMABLE and with_fields(config, {path: value}) != config
+    ]
+    fixed += [f"--{name}" for name in ("config", "preset", "out", "init") if getattr(args, name)]
+    if fixed:
+        raise ConfigError(
+            f"{fixed[0]} cannot change on a resumed run (it keeps its model, data, objective and sampling); "
+            "only stop conditions, logging, evaluation and runtime flags can"
+        )
+
+
+# -- commands --------------------------------------------------------------------------------------------------
+
+
+def show_progress(args: argparse.Namespace, is_main: bool) -> bool:
+    """A progress bar on a terminal only, on the main process, unless --quiet."""
+    return is_main and not args.quiet and sys.stderr.isatty()
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from pixeldiffusion.pipeline import Pipeline
     from pixeldiffusion.training import train
 
+    fields = given(args)
     if args.resume:
         run_dir = Path(args.resume)
         config = RunConfig.load(run_dir / "config.json")
+        refuse_on_resume(args, config)
     else:
-        dataset = getattr(args, "DataConfig.dataset") or "digits"
-        config = RunConfig.load(args.config) if args.config else default_config(dataset, model_preset=args.preset)
-        run_dir = Path(args.out or f"runs/{dataset.replace(':', '-').replace('/', '-')}")
+        dataset = fields.get("data.dataset", "digits")
+        if args.config and args.preset:
+            raise ConfigError("--preset chooses the network of a new configuration, not of --config's")
+        if args.config:
+            config = RunConfig.load(args.config)
+        else:
+            config = default_config(dataset, model_preset=args.preset, pad=fields.get("data.pad", False))
     config = apply(config, args)  # bad flags are reported before anything else
-    if not args.resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        raise PixelDiffusionError(
-            f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out"
-        )
-    callbacks = ()
+    model = None
+    if args.init and not args.resume:
+        from pixeldiffusion.interop.pretrained import initial_weights
+
+        kept = ("model.", "diffusion.schedule.", "diffusion.prediction")  # what the network to fine-tune decides
+        fixed = [flag_name(path) for path in given(args) if path.startswith(kept)] + ["--preset"] * bool(args.preset)
+        if fixed:
+            raise ConfigError(f"{fixed[0]} cannot change the network, schedule or prediction that --init starts from")
+        config, model = initial_weights(args.init, config)
+    if not args.resume:
+        dataset = config.data.dataset
+        run_dir = Path(args.out or f"runs/{dataset.replace(':', '-').replace('/', '-')}")
+        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+            raise PixelDiffusionError(
+                f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out"
+            )
+        size = config.model.image_size
+        print(f"{dataset} at {size}x{size} pixels{' (padded)' if config.data.pad else ''}; --image-size to change")
+    callbacks = []
+    if config.eval.every:  # fails here, before any training, when the dataset has no classifier to score with
+        from pixeldiffusion.evaluation.callback import evaluation_callback
+
+        callbacks.append(evaluation_callback(config))
     if args.log == "tensorboard":
         from pixeldiffusion.tensorboard import tensorboard_logger
 
-        callbacks = (tensorboard_logger(run_dir / "tensorboard"),)
-    summary = train(config, run_dir, resume=bool(args.resume), callbacks=callbacks)
+        callbacks.append(tensorboard_logger(run_dir / "tensorboard"))
+    summary = train(config, run_dir, model=model, resume=bool(args.resume), callbacks=tuple(callbacks))
     if summary is None:
         return
+    samples, animation = summary.run_dir / "samples.png", summary.run_dir / "denoising.gif"
+    Pipeline.from_checkpoint(summary.checkpoint, device=config.runtime.device).save_preview(samples, gif=animation)
     print(f"\ntrained {summary.steps} steps in {summary.minutes:.1f} min; everything is in {summary.run_dir}/")
     print(f"  configuration  {summary.run_dir / 'config.json'}")
     print(f"  checkpoint     {summary.checkpoint}")
     print(f"  metrics        {summary.run_dir / 'metrics.jsonl'}")
-    print(f"  samples        {summary.samples}")
-    print(f"  denoising      {summary.animation}")
+    print(f"  samples        {samples}")
+    print(f"  denoising      {animation}")
     if args.log == "tensorboard":
         print(f"  tensorboard    tensorboard --logdir {run_dir / 'tensorboard'}")
     print(f"sample more with:\n  pixeldiffusion sample --run {summary.run_dir} --n 64 --seed 1 --out samples-1.png")
+
+
+def device(args: argparse.Namespace) -> str:
+    return given(args, "runtime").get("device", RuntimeConfig.device)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -120,20 +271,20 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     if bool(args.run) == bool(args.checkpoint):
         raise PixelDiffusionError("give exactly one of --run DIR and --checkpoint FILE")
-    process = distributed.setup(args.device)  # under torchrun, the processes share the batches out
+    process = setup(device(args))  # under torchrun, the processes share the batches out
     load = dict(weights=args.weights, device=process.device)
-    pipe = Pipeline.from_run(args.run, **load) if args.run else Pipeline.from_checkpoint(args.checkpoint, **load)
-    labels = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    context = [float(v) for v in args.context.split(",")] if args.context else None
+    pipe = Pipeline.from_pretrained(args.run or args.checkpoint, **load)
+    sampling = with_fields(pipe.config.sample, given(args, "sample"))  # the run's settings and the flags given
     samples = pipe.sample(
-        labels=labels,
-        context=context,
+        labels=[c.strip() for c in args.classes.split(",")] if args.classes else None,
+        context=args.context,
         per_class=args.per_class,
-        record=40 if args.gif or args.mp4 else 0,
-        **overrides(args, SampleConfig),
+        frames=41 if args.gif or args.mp4 else 0,
+        processes=process,
+        progress=show_progress(args, process.is_main),
+        **dataclasses.asdict(sampling),
     )
-    if process.world_size > 1:
-        torch.distributed.destroy_process_group()
+    teardown(process)
     if not process.is_main:
         return
     samples.save(args.out, gif=args.gif, mp4=args.mp4, npz=args.npz, show_x0=args.show_x0)
@@ -159,25 +310,25 @@ def cmd_datasets(args: argparse.Namespace) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 
-def schedule_configs(names: str, timesteps: int) -> list[ScheduleConfig]:
-    return [ScheduleConfig(kind=name.strip(), timesteps=timesteps) for name in names.split(",") if name.strip()]
-
-
 def cmd_show(args: argparse.Namespace) -> None:
     from pixeldiffusion import visualize
+    from pixeldiffusion.schedule import ScheduleConfig
 
+    schedules = [ScheduleConfig(kind=kind, timesteps=args.timesteps) for kind in args.schedule if kind]
     if args.what == "forward":
-        times = [int(t) for t in args.times.split(",")] if args.times else None
-        schedules = schedule_configs(args.schedule, args.timesteps)
+        size = default_config(args.dataset).model.image_size  # the resolution `train --dataset` trains at
         figure = visualize.dataset_forward_figure(
-            args.dataset, schedules, times, n=args.n, seed=args.seed, data_dir=args.data_dir
+            args.dataset, schedules, args.times, n=args.n, seed=args.seed, data_dir=args.data_dir, image_size=size
         )
     elif args.what == "schedule":
-        figure = visualize.schedule_figure(schedule_configs(args.schedule, args.timesteps))
+        figure = visualize.schedule_figure(schedules)
     else:
-        if not args.run:
-            raise PixelDiffusionError("show run needs the run directory: pixeldiffusion show run DIR")
-        figure = visualize.run_figure(args.run)
+        if args.run and args.run_dir and args.run != args.run_dir:
+            raise PixelDiffusionError(f"two run directories given: {args.run} and --run {args.run_dir}")
+        run = args.run_dir or args.run
+        if not run:
+            raise PixelDiffusionError("show run needs the run directory: pixeldiffusion show run --run DIR")
+        figure = visualize.run_figure(run)
     out = args.out or f"{args.what}.png"
     visualize.save_image(figure, out)
     print(f"wrote {out} ({figure.width}x{figure.height})")
@@ -186,7 +337,7 @@ def cmd_show(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from pixeldiffusion.serve import serve
 
-    serve(args.run, host=args.host, port=args.port, device=args.device)
+    serve(args.run, host=args.host, port=args.port, device=device(args))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -194,28 +345,38 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     if bool(args.run) == bool(args.images):
         raise PixelDiffusionError("give exactly one of --run DIR and --images FILE.npz|DIR")
-    process = distributed.setup(args.device) if args.run else None  # under torchrun, the sampling is shared out
+    process = setup(device(args)) if args.run else None  # under torchrun, the sampling is shared out
     common = dict(
         features=args.features,
         inception_weights=args.inception_weights,
         classifier=args.classifier,
         data_dir=args.data_dir,
-        device=process.device if process else args.device,
+        device=process.device if process else device(args),
     )
     if args.run:
-        evaluation, record = evaluate_run(args.run, n=args.n, **common, **overrides(args, SampleConfig))
-        if process.world_size > 1:
-            torch.distributed.destroy_process_group()
+        evaluation, record = evaluate_run(
+            args.run,
+            n=args.n,
+            dataset=args.dataset,
+            processes=process,
+            progress=show_progress(args, process.is_main),
+            **common,
+            **given(args, "sample"),
+        )
+        teardown(process)
         if not process.is_main:
             return
         settings = ", ".join(f"{k} {v}" for k, v in record["sampling"].items())
-        print(f"{args.run} at step {record['step']} ({record['elapsed_s'] / 60:.1f} training minutes); {settings}")
+        if record["step"] is None:  # a pretrained model, not a run
+            print(f"{args.run}; {settings}")
+        else:
+            print(f"{args.run} at step {record['step']} ({record['elapsed_s'] / 60:.1f} training minutes); {settings}")
     else:
         if not args.dataset:
             raise PixelDiffusionError("--images needs --dataset NAME, the dataset the images are compared with")
         evaluation = evaluate_images(args.images, dataset=args.dataset, pad=args.pad, **common)
     print(evaluation.table())
-    if args.run:
+    if args.run and record["step"] is not None:
         print(f"appended to {Path(args.run) / 'metrics.jsonl'}")
 
 
@@ -229,10 +390,22 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
         image_size=args.image_size,
         pad=args.pad,
         epochs=args.epochs,
-        device=args.device,
+        device=device(args),
     )
     info = trained.info
     print(f"wrote {trained.path}: test accuracy {info.test_accuracy:.4f} on {info.test_set}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from pixeldiffusion.interop.pretrained import export_diffusers
+
+    print(f"wrote a diffusers DDPMPipeline folder: {export_diffusers(args.run, args.out)}")
+
+
+def cmd_push(args: argparse.Namespace) -> None:
+    from pixeldiffusion.interop.push import push
+
+    print(f"pushed {args.run} to {push(args.run, args.repo, private=args.private)}")
 
 
 def cmd_download_inception(args: argparse.Namespace) -> None:
@@ -242,83 +415,114 @@ def cmd_download_inception(args: argparse.Namespace) -> None:
     print(f"Inception weights (SHA-256 checked): {fetch_weights(WEIGHTS_FILE)}")
 
 
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """--device, runtime's one flag that sampling and evaluation take."""
+    add_fields(parser.add_argument_group("runtime"), RuntimeConfig, "runtime", only={"device"})
+
+
+def add_sampling(parser: argparse.ArgumentParser, *, skip: set[str] = frozenset()) -> None:
+    group = parser.add_argument_group(
+        "sampling", "defaults: the run's own, set when it was trained (train --sample-*); shown are the built-in ones"
+    )
+    add_fields(group, SampleConfig, "sample", prefixed=False, skip=skip)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (there is none off a terminal either)")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pixeldiffusion", description="Train and sample denoising diffusion models.")
+    p = Parser(prog="pixeldiffusion", description="Train and sample denoising diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser(
-        "train",
-        help="train a model (default: the built-in digits, about 4 minutes on 2 CPU cores)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=Formatter)
+
+    t = command("train", "train a model (default: the built-in digits, about 4 minutes on 2 CPU cores)")
+    run = t.add_argument_group("run")
+    run.add_argument("--preset", help="U-Net preset: digits, sprites, mnist, cifar10 (default: the dataset's recipe)")
+    run.add_argument("--config", help="a config.json to start from (e.g. from an earlier run)")
+    run.add_argument("--out", help="run directory (default: runs/DATASET)")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a run from its latest checkpoint and stored config; only the flags of run length, logging, "
+        "evaluation and runtime may change",
     )
-    t.add_argument("--preset", help="U-Net preset (digits, sprites, mnist, cifar10); default: the dataset's recipe")
-    t.add_argument("--config", help="a config.json to start from (e.g. from an earlier run)")
-    t.add_argument("--out", help="run directory (default: runs/DATASET)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint and stored config")
-    t.add_argument(
-        "--prediction",
-        choices=("eps", "x0", "v"),
-        help="what the network predicts (default: the recipe's: v for mnist and fashion-mnist, eps otherwise)",
+    run.add_argument(
+        "--init",
+        metavar="SOURCE",
+        help="fine-tune: start from the weights, architecture and noise schedule of a run, checkpoint, diffusers "
+        "folder or hf://user/repo, with a fresh optimizer",
     )
-    add_fields(t, DataConfig)
-    add_fields(t, TrainConfig)
-    add_fields(t, ScheduleConfig, rename={"kind": "schedule"})
-    add_fields(t, UNetConfig, skip=DERIVED)
-    add_fields(t, SampleConfig, prefix="sample-")
-    t.add_argument(
+    run.add_argument(
         "--log",
         choices=("jsonl", "tensorboard"),
         default="jsonl",
         help="metrics.jsonl always; tensorboard also writes events to RUN/tensorboard (extra: tensorboard)",
     )
+    add_fields(run, RunConfig, "", only={"seed"})
+    for name, (title, description) in TRAIN_GROUPS.items():
+        group = t.add_argument_group(title, description)
+        if name == "model":
+            add_fields(group, UNetConfig, name, skip=DERIVED, default=lambda path, value: "the preset's")
+        else:
+            add_fields(group, field_type(RunConfig, name), name, default=recipe_default)
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("sample", help="generate images from a trained run or checkpoint")
-    s.add_argument("--run", help="run directory (its latest checkpoint is used)")
+    s = command("sample", "generate images from a trained run or checkpoint")
+    s.add_argument("--run", help=RUN_HELP)
     s.add_argument("--checkpoint", help="a checkpoint file")
     s.add_argument("--weights", default="ema", choices=("ema", "model"), help="EMA weights or the raw ones")
-    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     s.add_argument("--class", dest="classes", help="class names or indices, comma-separated (e.g. 7 or 'Ankle boot')")
-    s.add_argument("--context", help="a context vector, comma-separated (e.g. 1,0,0,0,1)")
-    s.add_argument("--per-class", type=int, help="one row of K samples per class, labelled")
-    s.add_argument("--out", default="samples.png", help="PNG grid to write")
-    s.add_argument("--gif", help="also write the denoising as an animated GIF")
-    s.add_argument("--mp4", help="also write the denoising as an MP4 video (extra: video)")
+    s.add_argument("--context", type=numbers(float, "numbers"), help="a context vector, comma-separated (e.g. 1,0,0)")
+    s.add_argument("--per-class", type=at_least(1), metavar="K", help="one row of K samples per class, labelled")
+    s.add_argument("--out", default="samples.png", type=file_name(*IMAGE_SUFFIXES), help="grid: PNG, JPEG or WebP")
+    s.add_argument("--gif", type=file_name(".gif"), help="also write the denoising as an animated GIF")
+    s.add_argument("--mp4", type=file_name(".mp4"), help="also write the denoising as an MP4 video (extra: video)")
     s.add_argument("--show-x0", action="store_true", help="in the animation, show the predicted x0 beside x_t")
-    s.add_argument("--npz", help="also write the images (uint8, N x H x W x C) and conditions as .npz")
-    add_fields(s, SampleConfig)
+    s.add_argument("--npz", type=file_name(".npz"), help="also write the images (uint8, N x H x W x C) as .npz")
+    add_device(s)
+    add_sampling(s)
     s.set_defaults(func=cmd_sample)
 
-    d = sub.add_parser("datasets", help="list the dataset names, their sizes and whether they are cached")
+    d = command("datasets", "list the dataset names, their sizes and whether they are cached")
     d.set_defaults(func=cmd_datasets)
 
-    v = sub.add_parser("show", help="pictures: the forward process, the schedules, or a training run")
-    v.add_argument("what", choices=("forward", "schedule", "run"))
-    v.add_argument("run", nargs="?", help="show run: the run directory")
+    v = command("show", "pictures: the forward process, the schedules, or a training run")
+    v.add_argument("what", choices=("forward", "schedule", "run"), help="the forward process, schedules or a run")
+    v.add_argument("run", nargs="?", help="show run: the run directory (or --run DIR)")
+    v.add_argument("--run", dest="run_dir", help="show run: the run directory")
     v.add_argument("--dataset", default="digits", help="show forward: the dataset whose images are noised")
     v.add_argument("--data-dir", help="show forward: a directory holding the dataset's files")
-    v.add_argument("--schedule", default="linear,cosine", help="schedule kinds, comma-separated")
-    v.add_argument("--timesteps", type=int, default=1000, help="T of the schedules")
-    v.add_argument("--times", help="show forward: the times t shown, comma-separated (default 0, T/8, ..., T)")
-    v.add_argument("--n", type=int, default=3, help="show forward: how many images")
+    v.add_argument(
+        "--schedule",
+        default=("linear", "cosine"),
+        type=lambda text: tuple(kind.strip() for kind in text.split(",")),
+        help="schedule kinds, comma-separated (default: linear,cosine)",
+    )
+    v.add_argument("--timesteps", type=at_least(2), default=1000, help="T of the schedules")
+    v.add_argument(
+        "--times",
+        type=numbers(int, "whole numbers"),
+        help="show forward: the times t shown, comma-separated (default: 0, T/8, ..., T)",
+    )
+    v.add_argument("--n", type=at_least(1), default=3, help="show forward: how many images")
     v.add_argument("--seed", type=int, default=0, help="show forward: which images and which noise")
-    v.add_argument("--out", help="PNG to write (default: WHAT.png)")
+    v.add_argument("--out", type=file_name(*IMAGE_SUFFIXES), help="picture to write (default: WHAT.png)")
     v.set_defaults(func=cmd_show)
 
-    w = sub.add_parser("serve", help="a local web page to generate with a trained run and watch the denoising")
-    w.add_argument("--run", required=True, help="run directory (its latest checkpoint is used)")
+    w = command("serve", "a local web page to generate with a trained run and watch the denoising")
+    w.add_argument("--run", required=True, help=RUN_HELP)
     w.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
-    w.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
-    w.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    w.add_argument("--port", type=port, default=8000, help="port (0: any free port)")
+    add_device(w)
     w.set_defaults(func=cmd_serve)
 
-    e = sub.add_parser("eval", help="sample quality: Frechet distance, KID, precision/recall, classes, memorisation")
-    e.add_argument("--run", help="run directory: sample its latest checkpoint and log the scores to its metrics.jsonl")
+    e = command("eval", "sample quality: Frechet distance, KID, precision/recall, classes, memorisation")
+    e.add_argument("--run", help=f"{RUN_HELP}: sample it (and log the scores to a run's metrics.jsonl)")
     e.add_argument("--images", help="or score these images: an .npz (as sample --npz writes) or a folder of PNGs")
-    e.add_argument("--dataset", help="--images: the dataset they are compared with")
+    e.add_argument("--dataset", help="the dataset compared with (--run: default the one the model records)")
     e.add_argument("--pad", action="store_true", help="--images: the dataset padded with black up to their size")
     e.add_argument("--data-dir", help="a directory holding the dataset's files")
-    e.add_argument("--n", type=int, default=1000, help="--run: images to sample")
+    e.add_argument("--n", type=at_least(2), default=1000, help="--run: images to sample")
     e.add_argument(
         "--features",
         default="classifier",
@@ -330,23 +534,42 @@ def parser() -> argparse.ArgumentParser:
         help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: where download-inception puts it)",
     )
     e.add_argument("--classifier", help="a classifier file (default: the one train-classifier writes to the cache)")
-    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    add_fields(e, SampleConfig, skip={"n"})
+    add_device(e)
+    add_sampling(e, skip={"n"})
     e.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("train-classifier", help="train the classifier of a dataset for eval (a few CPU minutes)")
+    c = command("train-classifier", "train the classifier of a dataset for eval (a few CPU minutes)")
     c.add_argument("--dataset", required=True, help="dataset name (see `pixeldiffusion datasets`)")
     c.add_argument("--data-dir", help="a directory holding the dataset's files")
-    c.add_argument("--image-size", type=int, help="the size of the models' images (default: the dataset's own)")
+    c.add_argument("--image-size", type=at_least(1), help="the size of the models' images (default: the dataset's)")
     c.add_argument("--pad", action="store_true", help="pad with black up to --image-size instead of resizing")
-    c.add_argument("--epochs", type=int, default=3, help="passes over the training images")
+    c.add_argument("--epochs", type=at_least(1), default=3, help="passes over the training images")
     c.add_argument("--out", help="classifier file (default: in the cache, where eval and train look for it)")
-    c.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device(c)
     c.set_defaults(func=cmd_train_classifier)
 
-    i = sub.add_parser("download-inception", help="download pytorch-fid's Inception weights into the cache")
+    i = command("download-inception", "download pytorch-fid's Inception weights into the cache")
     i.set_defaults(func=cmd_download_inception)
+
+    x = command("export", "write a model in another library's format: a diffusers DDPMPipeline folder")
+    x.add_argument("--run", required=True, help=RUN_HELP)
+    x.add_argument("--format", choices=("diffusers",), default="diffusers", help="the format written")
+    x.add_argument("--out", required=True, help="the folder to write")
+    x.set_defaults(func=cmd_export)
+
+    h = command("push", "upload a run to the Hugging Face Hub with a model card (extra: hub)")
+    h.add_argument("--run", required=True, help="run directory")
+    h.add_argument("--repo", required=True, help="the Hub repository, user/repo (created if needed)")
+    h.add_argument("--private", action="store_true", help="create the repository private")
+    h.set_defaults(func=cmd_push)
     return p
+
+
+def exit_status(error: PixelDiffusionError) -> int:
+    """128 + the signal's number for a run stopped by SIGINT or SIGTERM (as a shell reports it), else 2."""
+    from pixeldiffusion.training import Interrupted
+
+    return 128 + error.signal_number if isinstance(error, Interrupted) else 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,8 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except PixelDiffusionError as e:
-        print(f"pixeldiffusion: error: {e}", file=sys.stderr)
-        return 2
+        status = exit_status(e)
+        print(f"pixeldiffusion: {'error: ' if status == 2 else ''}{e}", file=sys.stderr)
+        return status
     except KeyboardInterrupt:
         print("pixeldiffusion: interrupted", file=sys.stderr)
         return 130

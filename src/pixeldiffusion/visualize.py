@@ -30,6 +30,8 @@ from pixeldiffusion.schedule import NoiseSchedule, ScheduleConfig
 LINE = 13  # height of a line of text, in pixels
 FORWARD_COLUMNS = 9  # times shown by `forward_figure` unless told: 0, T/8, ..., T
 VIDEO_BLOCK = 16  # MP4 frames are padded to a multiple of this (the macroblock size players expect)
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".gif": "GIF"}
+IMAGE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}  # grids of small images: keep their pixels
 
 # -- grids -------------------------------------------------------------------------------------------
 
@@ -166,9 +168,11 @@ def dataset_forward_figure(
     n: int = 3,
     seed: int = 0,
     data_dir: str | None = None,
+    image_size: int | None = None,
 ) -> Image.Image:
-    """`forward_figure` of n images of a dataset's test split, picked at random by `seed`."""
-    data = load_dataset(dataset, split="test", data_dir=data_dir)
+    """`forward_figure` of n images of a dataset's test split at image_size (default: its own), picked at random
+    by `seed`."""
+    data = load_dataset(dataset, split="test", data_dir=data_dir, image_size=image_size)
     picked = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
     return forward_figure(data.images[picked], schedules, ts, seed=seed)
 
@@ -329,10 +333,14 @@ def denoising_pictures(
 
 
 def save_image(image: Image.Image, path: str | Path) -> Path:
-    """Write a PNG or GIF atomically (format from the suffix)."""
+    """Write a picture atomically, in the format its suffix names (IMAGE_SUFFIXES; PNG without one)."""
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix and suffix not in IMAGE_SUFFIXES:
+        raise ConfigError(f"cannot write {path}: name it {', '.join(IMAGE_SUFFIXES)}")
+    image_format = IMAGE_SUFFIXES.get(suffix, "PNG")
     buffer = io.BytesIO()
-    image.save(buffer, format=path.suffix.lstrip(".").upper() or "PNG")
+    image.save(buffer, format=image_format, **IMAGE_OPTIONS.get(image_format, {}))
     write_atomic(path, buffer.getvalue())
     return path
 

@@ -1,7 +1,7 @@
 """Datasets by name: what each one is, where its files come from, and `load_dataset` to get it in memory.
 
 Names: digits (built in), mnist, fashion-mnist, cifar10 (downloaded into the cache, or read from data_dir),
-sprites (from data_dir), folder:PATH (a folder of pictures) and hf:NAME[:SPLIT] (the Hugging Face hub).
+sprites (from data_dir), folder:PATH (a folder of pictures) and hf:NAME[@REVISION][:SPLIT] (the Hugging Face hub).
 Every dataset is decoded once into one uint8 tensor; the result is cached on disk, so the next load is one read.
 """
 
@@ -42,6 +42,7 @@ FASHION_NAMES = (
 )
 SPRITE_FILES = ("sprites_1788_16x16.npy", "sprite_labels_nc_1788_16x16.npy")
 SPRITE_CONTEXT = ("human", "non-human", "food", "spell", "side-facing")
+SPRITE_SHAPES = {"images": "uint8, N x H x W x C", "labels": "numbers, N x D"}  # what each .npy holds
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -144,18 +145,11 @@ def _sprites_recipe(*, data_dir: str | Path | None = None, labels_path: str | Pa
     """16x16 pixel-art sprites with 5-dim context vectors (the .npy pair of DeepLearning.AI's diffusion course).
 
     The context (human, non-human, food, spell, side-facing) conditions the model; there are no class labels.
-
-    data_dir is the folder holding both files under their usual names, or the images file itself; labels_path
-    names the labels file when it is elsewhere. One split: split="test" reads the same sprites.
+    One split: split="test" reads the same sprites. Files as in `_sprite_files`.
     """
     if data_dir is None:
         raise PixelDiffusionError(f"sprites needs --data-dir DIR holding {' and '.join(SPRITE_FILES)}")
-    given = Path(data_dir).expanduser()
-    images_path = given if given.is_file() else given / SPRITE_FILES[0]
-    labels_file = Path(labels_path).expanduser() if labels_path else images_path.parent / SPRITE_FILES[1]
-    for path in (images_path, labels_file):
-        if not path.is_file():
-            raise PixelDiffusionError(f"sprites: {path} not found (pass labels_path if the labels live elsewhere)")
+    images_path, labels_file = _sprite_files(Path(data_dir).expanduser(), labels_path)
 
     def decode() -> ImageData:
         images, context = formats.read_sprites(images_path, labels_file)
@@ -170,6 +164,47 @@ def _sprites_recipe(*, data_dir: str | Path | None = None, labels_path: str | Pa
         )
 
     return Recipe(sources=(images_path, labels_file), decode=decode)
+
+
+def _sprite_files(given: Path, labels_path: str | Path | None) -> tuple[Path, Path]:
+    """The sprites' images and labels .npy: by their usual names (SPRITE_FILES), else the one .npy in the folder
+    that looks like each (images: uint8 (N, H, W, C); labels: numbers (N, D)).
+
+    given is the folder, or the images file itself; labels_path names the labels file when it lies elsewhere.
+    """
+    if not given.exists():
+        raise PixelDiffusionError(f"sprites: --data-dir {given} does not exist")
+    folder = given.parent if given.is_file() else given
+    chosen = {
+        "images": given if given.is_file() else folder / SPRITE_FILES[0],
+        "labels": Path(labels_path).expanduser() if labels_path else folder / SPRITE_FILES[1],
+    }
+    if labels_path and not chosen["labels"].is_file():
+        raise PixelDiffusionError(f"sprites: --labels-path {chosen['labels']} not found")
+    kinds = {path: _npy_kind(path) for path in sorted(folder.glob("*.npy")) if path not in chosen.values()}
+    for role, path in chosen.items():
+        if path.is_file():
+            continue
+        candidates = [p for p, kind in kinds.items() if kind == role]
+        if len(candidates) != 1:
+            names = "".join(f", {p.name}" for p in candidates)
+            raise PixelDiffusionError(
+                f"sprites: no {path.name} in {folder}, and {len(candidates)} other .npy files there look like "
+                f"{role} ({SPRITE_SHAPES[role]}){names}; pass --data-dir IMAGES.npy --labels-path LABELS.npy"
+            )
+        chosen[role] = candidates[0]
+    return chosen["images"], chosen["labels"]
+
+
+def _npy_kind(path: Path) -> str | None:
+    """What a .npy holds, from its header: "images" (uint8, N x H x W x C), "labels" (numbers, N x D) or None."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if array.ndim == 4 and array.dtype == np.uint8:
+        return "images"
+    return "labels" if array.ndim == 2 and array.dtype.kind in "biuf" else None
 
 
 @dataclass(frozen=True)
@@ -241,7 +276,11 @@ DATASETS = {
             channels=3,
         ),
         Entry("folder:PATH", "PNG/JPEG/WebP pictures under PATH; subfolders are classes", folder_recipe),
-        Entry("hf:NAME[:SPLIT]", "a Hugging Face hub dataset, or a copy saved with save_to_disk", hub_recipe),
+        Entry(
+            "hf:NAME[:SPLIT]",
+            "a Hugging Face hub dataset (NAME@REVISION pins one), or a copy saved with save_to_disk",
+            hub_recipe,
+        ),
     )
 }
 PREFIXES = {"folder:": DATASETS["folder:PATH"], "hf:": DATASETS["hf:NAME[:SPLIT]"]}
@@ -266,6 +305,34 @@ def describe_datasets() -> list[dict]:
         }
         for entry in DATASETS.values()
     ]
+
+
+def native_resolution(name: str, *, count: int = 100) -> int:
+    """The side of a dataset's pictures as they come: its registered resolution, or for a folder or a hub dataset
+    the median shorter side of its first `count` pictures (read from their headers, without decoding them all)."""
+    from contextlib import suppress
+
+    from PIL import Image
+
+    from pixeldiffusion.data import hub
+
+    entry, target = _lookup(name)
+    if entry.resolution:
+        return entry.resolution
+    sides = []
+    if entry is PREFIXES["folder:"]:
+        for path in folder_recipe(*target, image_size=DEFAULT_IMAGE_SIZE).sources[:count]:
+            with suppress(OSError, ValueError, Image.DecompressionBombError), Image.open(path) as picture:
+                sides.append(min(picture.size))  # an unreadable one is named when the dataset is loaded
+    else:
+        datasets = hub._import_datasets()
+        spec, revision, split = hub.parse_spec(*target)
+        rows = hub._open(datasets, spec, split or "train", revision=revision)
+        column = next((c for c, f in rows.features.items() if isinstance(f, datasets.Image)), None)
+        if column is None:  # loading it says what is wrong
+            return DEFAULT_IMAGE_SIZE
+        sides = [min(picture.size) for picture in rows.select(range(min(count, len(rows))))[column]]
+    return sorted(sides)[len(sides) // 2] if sides else DEFAULT_IMAGE_SIZE
 
 
 def load_dataset(

@@ -1,0 +1,78 @@
+"""Each dataset's recipe: the measured ones, hub names that are a known dataset, and folders and hub datasets
+trained at their pictures' own resolution."""
+
+import pytest
+from PIL import Image
+
+from pixeldiffusion import default_config as exported
+from pixeldiffusion.data.registry import native_resolution
+from pixeldiffusion.recipes import default_config
+
+
+def pictures(folder, size: tuple[int, int], count: int = 4, mode: str = "RGB"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new(mode, size, (40 * i, 20, 200) if mode == "RGB" else 40 * i).save(folder / f"{i}.png")
+    return folder
+
+
+def test_the_mnist_recipes_are_the_measured_ones():
+    for dataset in ("mnist", "fashion-mnist"):
+        config = default_config(dataset)
+        assert (config.diffusion.prediction, config.diffusion.weighting, config.model.image_size) == (
+            "v",
+            "min_snr",
+            28,
+        )
+        assert (config.sample.sampler, config.sample.steps) == ("ddpm", 50)
+    assert default_config("fashion-mnist").data.hflip and not default_config("mnist").data.hflip
+    assert default_config("digits").diffusion.prediction == "eps" and default_config("digits").optim.batch_size == 64
+    assert exported is default_config
+
+
+@pytest.mark.parametrize(
+    "name,size,preset_channels",
+    [
+        ("hf:fashion_mnist", 28, 32),
+        ("hf:zalando-datasets/fashion_mnist:test", 28, 32),
+        ("hf:uoft-cs/cifar10", 32, 128),
+        ("hf:cifar10@main", 32, 128),
+        ("hf:eurecom-ds/celeba-hq-small", 64, 128),
+        ("hf:pcuenq/lsun-bedrooms", 64, 128),
+        ("hf:tglcourse/lsun_church_train", 64, 128),
+    ],
+)
+def test_hub_names_of_known_datasets_get_their_recipe(name, size, preset_channels):
+    config = default_config(name)  # no download: the name alone decides
+    assert (config.model.image_size, config.model.base_channels) == (size, preset_channels)
+    assert config.data.dataset == name
+
+
+@pytest.mark.parametrize(
+    "side,size,base_channels",
+    [((20, 24), 20, 32), ((28, 28), 28, 32), ((40, 40), 40, 128), ((61, 70), 64, 128), ((500, 300), 64, 128)],
+)
+def test_a_folder_trains_at_its_pictures_own_size(tmp_path, side, size, base_channels):
+    folder = pictures(tmp_path / "pets", side)
+    assert native_resolution(f"folder:{folder}") == min(side)
+    config = default_config(f"folder:{folder}")
+    factor = 2 ** (len(config.model.channel_mult) - 1)
+    assert config.model.image_size == size and size % factor == 0
+    assert config.model.base_channels == base_channels, "the digits network up to 28 pixels, CIFAR-10's above"
+
+
+def test_a_saved_hub_dataset_trains_at_its_pictures_own_size(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    rows = {"image": [Image.new("RGB", (48, 48), (9 * i, 0, 0)) for i in range(4)], "label": [0, 1, 0, 1]}
+    copy = tmp_path / "copy"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(copy)
+    assert native_resolution(f"hf:{copy}") == 48
+    assert default_config(f"hf:{copy}").model.image_size == 48
+
+
+def test_pad_pads_up_to_the_next_power_of_two():
+    config = default_config("mnist", pad=True)
+    assert config.data.pad and config.model.image_size == 32
+    assert default_config("digits", pad=True).model.image_size == 16
+    assert default_config("mnist", model_preset="mnist", pad=True).model.image_size == 32
