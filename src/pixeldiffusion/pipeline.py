@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from pixeldiffusion import checkpoint as ckpt
 from pixeldiffusion.checkpoint import write_atomic
 from pixeldiffusion.config import RunConfig, SampleConfig, from_dict
 from pixeldiffusion.data import to_uint8
-from pixeldiffusion.distributed import resolve_device, use_bf16, use_channels_last
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.models import UNet
-from pixeldiffusion.sampling import Callback, sample, timestep_grid
+from pixeldiffusion.process import Process, resolve_device
+from pixeldiffusion.runtime import use_bf16, use_channels_last
+from pixeldiffusion.sampling import Step, sample_steps, shown_steps
 from pixeldiffusion.schedule import NoiseSchedule
-from pixeldiffusion.seeding import derive_seed
+from pixeldiffusion.seeding import ImageNoise
 from pixeldiffusion.visualize import (
     as_uint8_numpy,
     auto_scale,
@@ -118,7 +119,7 @@ class Pipeline:
         model.to(resolve_device(device))
         return cls(
             model,
-            NoiseSchedule.from_config(config.schedule),
+            NoiseSchedule.from_config(config.diffusion.schedule),
             config,
             class_names=tuple(meta.get("class_names", ())),
             context_names=tuple(meta.get("context_names", ())),
@@ -128,6 +129,23 @@ class Pipeline:
     def from_run(cls, run_dir: str | Path, **kwargs) -> Pipeline:
         """Load the latest checkpoint of a training run directory."""
         return cls.from_checkpoint(ckpt.latest_checkpoint(run_dir), **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls, source: str | Path, *, weights: str = "ema", device: str | torch.device = "auto"
+    ) -> Pipeline:
+        """Load a run directory, a checkpoint file, a diffusers folder (UNet2DModel and scheduler, converted to our
+        U-Net) or a Hub repository of either ("user/repo" or "hf://user/repo"); see interop/pretrained.py."""
+        from pixeldiffusion.interop.pretrained import read_model
+
+        found = read_model(source, weights=weights)
+        return cls(
+            found.network().to(resolve_device(device)),
+            NoiseSchedule.from_config(found.config.diffusion.schedule),
+            found.config,
+            class_names=found.class_names,
+            context_names=found.context_names,
+        )
 
     def network(self, config: SampleConfig) -> Callable[..., torch.Tensor]:
         """The network as the sampler calls it: compiled once on first use if config.compile (with CUDA graphs on a
@@ -203,15 +221,19 @@ class Pipeline:
         labels=None,
         context=None,
         per_class: int | None = None,
-        record: int = 0,
-        callback: Callback | None = None,
+        frames: int = 0,
+        processes: Process | None = None,
+        progress: bool = False,
         **overrides,
     ) -> Samples:
         """Generate images. Overrides are SampleConfig fields (sampler, steps, eta, guidance, seed, ...);
-        per_class=K makes one row of K images per class; record=F keeps F evenly spaced denoising frames;
-        callback(i, t, x_t, x0) sees every step of the first batch as it is computed (see `sampling`).
-        Under torchrun the batches are shared out over the processes and gathered: every process returns all the
-        images, the same as one process would make."""
+        per_class=K makes one row of K images per class; frames=F keeps F evenly spaced denoising frames of the
+        first batch; progress shows a progress bar.
+
+        Image i starts from, and is denoised with, noise of the stream (seed, i) alone, so its pixels do not depend
+        on the batch size, on an out-of-memory split or on the number of processes. With `processes` (a torchrun
+        launch; every process must call), each process samples its share of the images and every process returns
+        all of them; without it this process samples everything and no collective is entered."""
         cfg: SampleConfig = replace(self.config.sample, **({"n": n} if n else {}), **overrides)
         row_labels, nrow = None, min(cfg.n, 8)
         if per_class:
@@ -223,71 +245,98 @@ class Pipeline:
             nrow = per_class
             row_labels = list(self.class_names) or [str(c) for c in range(classes)]
         cond = self.conditions(cfg.n, labels, context)
-        grid = timestep_grid(self.schedule, cfg.steps, cfg.spacing)
-        keep = {round(i * (len(grid) - 2) / max(record - 1, 1)) for i in range(record)} if record else set()
-        frames: list = []
-
-        def on_step(i, t, x_t, x0):
-            if i in keep:
-                frames.append((grid[i + 1], to_uint8(x_t).cpu(), to_uint8(x0).cpu()))
-            if callback is not None:
-                callback(i, t, x_t, x0)
-
-        c, s = self.config.model.in_channels, self.config.model.image_size
+        mine = processes.share(cfg.n) if processes else range(cfg.n)
+        noise = ImageNoise(cfg.seed, mine, self.device)
         network = self.network(cfg)
-        starts = range(0, cfg.n, cfg.batch_size)
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        chunks = {}
-        for j in range(rank, len(starts), world):  # under torchrun each process takes every world-th chunk
-            start, size = starts[j], min(cfg.batch_size, cfg.n - starts[j])
-            g = torch.Generator(self.device).manual_seed(derive_seed(cfg.seed, j))
-            x_T = torch.randn((size, c, s, s), generator=g, device=self.device)
-            if j == 0 and keep:  # the first frame is the pure noise x_T; nothing is predicted yet
-                frames.append((grid[0], to_uint8(x_T).cpu(), torch.full_like(x_T, 128, dtype=torch.uint8).cpu()))
-            chunks[j] = self._fitting(
-                network,
-                x_T,
-                cond[start : start + size] if cond is not None else None,
-                cfg,
-                generator=g,
-                callback=on_step if j == 0 and (keep or callback) else None,
-            )
-        if world > 1:  # every process ends with all the images, in chunk order (as one process would make them)
-            gathered: list = [None] * world
-            dist.all_gather_object(gathered, {j: x.cpu() for j, x in chunks.items()})
-            chunks = {j: x.to(self.device) for part in gathered for j, x in part.items()}
-        return Samples(torch.cat([chunks[j] for j in range(len(starts))]), cond, row_labels, nrow, frames)
+        batches = range(0, len(mine), cfg.batch_size)
+        shown = shown_steps(cfg.steps, frames - 1) if frames and mine.start == 0 else []  # frame 0 is x_T
+        recorded: list = []
+        parts = []
+        my_cond = cond[mine.start : mine.stop] if cond is not None else None
+        with tqdm(total=len(batches) * cfg.steps, disable=not progress, unit="step", desc="sample") as bar:
+            for start in batches:
+                part = slice(start, start + cfg.batch_size)
+                batch_cond = my_cond[part] if my_cond is not None else None
+                parts.append(
+                    self._fitting(network, noise[part], batch_cond, cfg, shown if start == 0 else [], recorded, bar)
+                )
+        images = torch.cat(parts) if parts else torch.empty(0, device=self.device)
+        if processes and processes.world_size > 1:  # every process ends with all the images, in index order
+            images = torch.cat([x.to(self.device) for x in processes.all_gather(images.cpu())])
+        return Samples(images, cond, row_labels, nrow, recorded)
+
+    def save_preview(self, png: str | Path, *, gif: str | Path | None = None) -> None:
+        """The picture of a run: a row of 8 samples per class for a class-conditional model, else the configured n;
+        with `gif`, the denoising of two images per class (16 images for other models), 41 frames."""
+        classes = self.config.model.num_classes
+        self.sample(per_class=8 if classes else None).save(png)
+        if gif:
+            animation = self.sample(2 * classes if classes else 16, frames=41)
+            replace(animation, nrow=classes or 8).save(gif=gif)
+
+    def generate(self, n: int, *, labels=None, context=None, **overrides) -> Iterator[Step]:
+        """The steps of one batch of n images, to watch the denoising as it happens (the web page); the last step's
+        x holds the same images that `sample` returns for the same settings."""
+        cfg: SampleConfig = replace(self.config.sample, n=n, **overrides)
+        cond = self.conditions(n, labels, context)
+        yield from self.steps(self.network(cfg), ImageNoise(cfg.seed, range(n), self.device), cond, cfg)
+
+    def steps(
+        self, network: Callable, noise: ImageNoise, cond: torch.Tensor | None, cfg: SampleConfig
+    ) -> Iterator[Step]:
+        """The one sampling loop of a batch: x_T drawn from the images' own streams, then every step of cfg's sampler
+        (the last step's x is the batch's images). The web page and `sample` both walk it."""
+        c, s = self.config.model.in_channels, self.config.model.image_size
+        x_T = noise.randn((c, s, s))
+        yield Step(-1, self.schedule.T, self.schedule.T, x_T, torch.zeros_like(x_T))  # before the first step
+        yield from sample_steps(
+            network,
+            self.schedule,
+            x_T,
+            prediction=self.config.diffusion.prediction,
+            cond=cond,
+            sampler=cfg.sampler,
+            steps=cfg.steps,
+            spacing=cfg.spacing,
+            guidance=cfg.guidance,
+            clip_x0=cfg.clip_x0,
+            noise=noise,
+            eta=cfg.eta,
+            variance=cfg.variance,
+        )
 
     def _fitting(
-        self, network: Callable, x_T: torch.Tensor, cond: torch.Tensor | None, cfg: SampleConfig, **kwargs
+        self,
+        network: Callable,
+        noise: ImageNoise,
+        cond: torch.Tensor | None,
+        cfg: SampleConfig,
+        shown: list[int],
+        recorded: list,
+        bar: tqdm,
     ) -> torch.Tensor:
-        """Sample x_T in one batch, or, when that runs out of memory, in two halves (recursively). The deterministic
-        samplers give the same images either way; the stochastic ones draw their noise in another order."""
+        """Sample one batch, or, when that runs out of memory, its two halves (recursively): each image keeps its own
+        noise streams, so the images are the same either way. Frames of the `shown` steps go to `recorded`."""
+        done = 0
         try:
-            return sample(
-                network,
-                self.schedule,
-                x_T,
-                prediction=self.config.prediction,
-                cond=cond,
-                sampler=cfg.sampler,
-                steps=cfg.steps,
-                spacing=cfg.spacing,
-                guidance=cfg.guidance,
-                clip_x0=cfg.clip_x0,
-                eta=cfg.eta,
-                variance=cfg.variance,
-                **kwargs,
-            )
+            for step in self.steps(network, noise, cond, cfg):
+                if step.i < 0 and shown:  # x_T, where nothing is predicted yet (shown mid-grey)
+                    recorded.append(
+                        (step.t, to_uint8(step.x).cpu(), torch.full_like(step.x, 128, dtype=torch.uint8).cpu())
+                    )
+                elif step.i in shown:
+                    recorded.append((step.s, to_uint8(step.x).cpu(), to_uint8(step.x0).cpu()))
+                done += step.i >= 0
+                bar.update(step.i >= 0)
+            return step.x
         except torch.OutOfMemoryError:
-            if len(x_T) == 1:
+            if len(noise) == 1:
                 raise
+        bar.update(-done)
+        recorded.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        half, callback = len(x_T) // 2, kwargs.pop("callback", None)
-        first = self._fitting(
-            network, x_T[:half], None if cond is None else cond[:half], cfg, callback=callback, **kwargs
-        )
-        return torch.cat(
-            [first, self._fitting(network, x_T[half:], None if cond is None else cond[half:], cfg, **kwargs)]
-        )
+        half = len(noise) // 2  # each half restarts its images' streams from their beginning
+        first = self._fitting(network, noise[:half], None if cond is None else cond[:half], cfg, shown, recorded, bar)
+        rest = self._fitting(network, noise[half:], None if cond is None else cond[half:], cfg, [], recorded, bar)
+        return torch.cat([first, rest])

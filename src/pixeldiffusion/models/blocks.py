@@ -98,9 +98,8 @@ SMALL_HEAD = 16384
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over (B, heads, L, d) tensors, in the fused attention kernel.
 
-    On the CPU, bf16 heads with L * d < SMALL_HEAD that need a gradient go through the fp32 kernel: for them torch
-    2.13's bf16 CPU kernel (forward + backward) is 1.2-8x slower, above the limit mostly faster. Its forward alone
-    is faster than the fp32 route at almost every size, so sampling keeps it (`benchmarks/attention.py`)."""
+    On the CPU, small bf16 heads that need a gradient go through the fp32 kernel, whose backward is faster there
+    (docs/decisions.md, "Attention picks its kernel by the size of a head")."""
     L, d = q.shape[-2:]
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad and L * d < SMALL_HEAD:
         return attend_in_fp32(q, k, v)
@@ -142,14 +141,16 @@ class LinearAttention(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve the resolution with a strided 3x3 convolution."""
+    """Halve the resolution with a strided 3x3 convolution, padded by one pixel on every side ("symmetric", ADM)
+    or on the right and bottom only ("same": TensorFlow's SAME padding, which DDPM's own code used)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, *, padding: str = "symmetric"):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.same = padding == "same"
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.same else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.same else x)
 
 
 class Upsample(nn.Module):
@@ -160,8 +161,6 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Nearest-neighbour doubling as a broadcast, not F.interpolate: torch 2.13's inductor on the CPU returns zero
-        # gradients through interpolate's backward after a GroupNorm-SiLU-conv chain under bf16 autocast, which
-        # silently froze everything below the top level of a compiled bf16 training run (tests/test_fast_paths.py).
+        # a broadcast, not F.interpolate, whose compiled bf16 gradient is zero on the CPU (docs/decisions.md)
         B, C, H, W = x.shape
         return self.conv(x[:, :, :, None, :, None].expand(B, C, H, 2, W, 2).reshape(B, C, 2 * H, 2 * W))

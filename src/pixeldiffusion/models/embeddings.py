@@ -26,24 +26,31 @@ def drop_condition(cond: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, null_like(cond), cond)
 
 
-def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """Transformer position encoding of the time step: [cos(t w_i), sin(t w_i)], w_i = max_period^(-2i/dim)."""
+def sinusoidal_embedding(
+    t: torch.Tensor, dim: int, max_period: float = 10_000.0, *, layout: str = "adm"
+) -> torch.Tensor:
+    """Transformer position encoding of the time step: [cos(t w_i), sin(t w_i)], w_i = max_period^(-i/half)
+    (layout "adm", Dhariwal & Nichol's code), or [sin(t w_i), cos(t w_i)], w_i = max_period^(-i/(half - 1))
+    (layout "ddpm", Ho et al.'s code, and so the DDPM models converted to diffusers)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    steps = half - 1 if layout == "ddpm" else half
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / steps)
     angles = t.float()[:, None] * freqs[None]  # (B, dim/2)
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)  # (B, dim)
+    pair = [torch.sin(angles), torch.cos(angles)] if layout == "ddpm" else [torch.cos(angles), torch.sin(angles)]
+    return torch.cat(pair, dim=1)  # (B, dim)
 
 
 class TimeEmbedding(nn.Module):
-    """Sinusoidal features of t through a two-layer MLP (DDPM appendix B)."""
+    """Sinusoidal features of t + offset through a two-layer MLP (DDPM appendix B); offset -1 serves networks
+    trained on diffusers' 0-based time."""
 
-    def __init__(self, base_dim: int, embed_dim: int):
+    def __init__(self, base_dim: int, embed_dim: int, *, offset: int = 0, layout: str = "adm"):
         super().__init__()
-        self.base_dim = base_dim
+        self.base_dim, self.offset, self.layout = base_dim, offset, layout
         self.mlp = nn.Sequential(nn.Linear(base_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(t, self.base_dim))
+        return self.mlp(sinusoidal_embedding(t + self.offset, self.base_dim, layout=self.layout))
 
 
 class ClassEmbedding(nn.Module):

@@ -9,7 +9,7 @@ None. It returns the prediction named in the model's configuration (eps, x0 or v
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -28,33 +28,82 @@ from pixeldiffusion.models.embeddings import ClassEmbedding, ContextEmbedding, T
 
 BLOCKS = {"resnet": ResBlock, "convnext": ConvNeXtBlock}
 INJECTIONS = ("additive", "scale_shift")
+TIME_EMBEDDINGS = ("adm", "ddpm")
+DOWNSAMPLE_PADDINGS = ("symmetric", "same")
 
 
 @dataclass(frozen=True)
 class UNetConfig:
-    image_size: int = 16  # height and width of the images, in pixels
-    in_channels: int = 1  # 1 for grey, 3 for RGB
-    base_channels: int = 32  # channels at full resolution
-    channel_mult: tuple[int, ...] = (1, 2, 2)  # channel multiplier per level; level i runs at size / 2^i
-    num_res_blocks: int = 2  # blocks per level on the way down (one more on the way up)
-    attention_resolutions: tuple[int, ...] = (4,)  # resolutions (pixels) with full self-attention
-    linear_attention_resolutions: tuple[int, ...] = ()  # resolutions with linear attention
-    attention_heads: int = 4  # heads of every attention layer
-    norm_groups: int = 8  # GroupNorm groups
-    block: str = "resnet"  # "resnet" or "convnext"
-    injection: str = "scale_shift"  # how the time/condition embedding enters a block: "additive" or "scale_shift"
-    stem_kernel: int = 3  # kernel size of the first convolution (seed 002 uses 7)
-    dropout: float = 0.0  # dropout probability inside the blocks
-    num_classes: int = 0  # > 0: conditioned on class labels 0..num_classes-1
-    context_dim: int = 0  # > 0: conditioned on real-valued context vectors of this length
+    image_size: int = field(default=16, metadata={"help": "height and width of the images, in pixels"})
+    in_channels: int = field(default=1, metadata={"help": "1 for grey, 3 for RGB"})
+    base_channels: int = field(default=32, metadata={"help": "channels at full resolution"})
+    channel_mult: tuple[int, ...] = field(
+        default=(1, 2, 2), metadata={"help": "channel multiplier per level; level i runs at size / 2^i"}
+    )
+    num_res_blocks: int = field(
+        default=2, metadata={"help": "blocks per level on the way down (one more on the way up)"}
+    )
+    attention_resolutions: tuple[int, ...] = field(
+        default=(4,), metadata={"help": "resolutions (pixels) with full self-attention"}
+    )
+    linear_attention_resolutions: tuple[int, ...] = field(
+        default=(), metadata={"help": "resolutions with linear attention"}
+    )
+    attention_heads: int = field(default=4, metadata={"help": "heads of every attention layer"})
+    norm_groups: int = field(default=8, metadata={"help": "GroupNorm groups"})
+    block: str = field(default="resnet", metadata={"help": "residual block: resnet or convnext"})
+    injection: str = field(
+        default="scale_shift",
+        metadata={"help": "how the time/condition embedding enters a block: additive or scale_shift"},
+    )
+    stem_kernel: int = field(default=3, metadata={"help": "kernel size of the first convolution (seed 002 uses 7)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout probability inside the blocks"})
+    num_classes: int = field(default=0, metadata={"help": "> 0: conditioned on class labels 0..num_classes-1"})
+    context_dim: int = field(
+        default=0, metadata={"help": "> 0: conditioned on real-valued context vectors of this length"}
+    )
+    # Details in which networks trained elsewhere (DDPM's TensorFlow code, diffusers) differ; see interop/diffusers.py.
+    time_offset: int = field(
+        default=0, metadata={"help": "added to t before its embedding: -1 for networks trained on diffusers' t - 1"}
+    )
+    time_embedding: str = field(
+        default="adm",
+        metadata={"help": "sinusoids of t: adm ([cos, sin], 10^(-4i/half)) or ddpm ([sin, cos], 10^(-4i/(half-1)))"},
+    )
+    downsample_padding: str = field(
+        default="symmetric",
+        metadata={"help": "of the stride-2 convolutions: symmetric, or same (right and bottom, TensorFlow's SAME)"},
+    )
+    norm_eps: float = field(default=1e-5, metadata={"help": "epsilon of every GroupNorm (DDPM's code: 1e-6)"})
 
     def __post_init__(self):
         if self.block not in BLOCKS:
             raise ConfigError(f"unknown block {self.block!r}; choose one of {', '.join(BLOCKS)}")
         if self.injection not in INJECTIONS:
             raise ConfigError(f"unknown injection {self.injection!r}; choose one of {', '.join(INJECTIONS)}")
+        if self.time_embedding not in TIME_EMBEDDINGS:
+            raise ConfigError(
+                f"unknown time embedding {self.time_embedding!r}; choose one of {', '.join(TIME_EMBEDDINGS)}"
+            )
+        if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
+            raise ConfigError(
+                f"unknown downsample padding {self.downsample_padding!r}; "
+                f"choose one of {', '.join(DOWNSAMPLE_PADDINGS)}"
+            )
+        if not self.norm_eps > 0:
+            raise ConfigError(f"norm_eps must be positive, got {self.norm_eps}")
         if self.num_classes and self.context_dim:
             raise ConfigError("a model is conditioned on class labels or on context vectors, not both")
+        for name in ("image_size", "in_channels", "base_channels", "attention_heads", "norm_groups", "stem_kernel"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.channel_mult or min(self.channel_mult) < 1 or self.num_res_blocks < 0:
+            raise ConfigError(
+                f"need channel_mult of positive numbers and num_res_blocks >= 0, got {self.channel_mult}, "
+                f"{self.num_res_blocks}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         factor = 2 ** (len(self.channel_mult) - 1)
         if self.image_size % factor:
             raise ConfigError(
@@ -81,7 +130,7 @@ class UNet(nn.Module):
         self.config = c = config
         ch = c.base_channels
         embed_dim = 4 * ch
-        self.time_embedding = TimeEmbedding(ch, embed_dim)
+        self.time_embedding = TimeEmbedding(ch, embed_dim, offset=c.time_offset, layout=c.time_embedding)
         self.class_embedding = ClassEmbedding(c.num_classes, embed_dim) if c.num_classes else None
         self.context_embedding = ContextEmbedding(c.context_dim, embed_dim) if c.context_dim else None
 
@@ -105,7 +154,7 @@ class UNet(nn.Module):
                 c_now = ch * mult
                 skips.append(c_now)
             if level < len(c.channel_mult) - 1:
-                self.down.append(Stage(Downsample(c_now)))
+                self.down.append(Stage(Downsample(c_now, padding=c.downsample_padding)))
                 skips.append(c_now)
                 resolution //= 2
 
@@ -125,6 +174,9 @@ class UNet(nn.Module):
         self.head = nn.Sequential(
             nn.GroupNorm(c.norm_groups, c_now), nn.SiLU(), zero_init(nn.Conv2d(c_now, c.in_channels, 3, padding=1))
         )
+        for module in self.modules():
+            if isinstance(module, nn.GroupNorm):
+                module.eps = c.norm_eps
 
     def embed(self, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """The embedding vector that conditions every block: time plus class or context, (B, 4 * base_channels)."""

@@ -300,8 +300,9 @@ def make_server(pipe: Pipeline, *, host: str = "127.0.0.1", port: int = 8000, na
 
 
 def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> None:
-    """Serve the page for the latest checkpoint of a training run until interrupted (Ctrl-C)."""
-    pipe = Pipeline.from_run(run_dir, device=device)
+    """Serve the page for the latest checkpoint of a training run (or any model `Pipeline.from_pretrained` opens)
+    until interrupted (Ctrl-C)."""
+    pipe = Pipeline.from_pretrained(run_dir, device=device)
     with make_server(pipe, host=host, port=port, name=Path(run_dir).name) as server:
         print(f"serving {run_dir} at {server.url}  (Ctrl-C to stop)", flush=True)
         if host not in LOOPBACK:
