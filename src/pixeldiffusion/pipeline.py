@@ -65,7 +65,7 @@ class Samples:
             save_image(self.grid(), png)
         if gif or mp4:
             if not self.frames:
-                raise PixelDiffusionError("no frames were recorded: sample with record > 0 to write an animation")
+                raise PixelDiffusionError("no frames were recorded: sample with frames > 0 to write an animation")
             pictures = denoising_pictures(self.frames, nrow=self.nrow, show_x0=show_x0)
             if gif:
                 save_animation(pictures, gif)

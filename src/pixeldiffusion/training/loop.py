@@ -54,6 +54,16 @@ def resolve_config(config: RunConfig, data: ImageData) -> RunConfig:
     return replace(config, data=replace(config.data, condition=condition), model=model)
 
 
+def check_fits(model: UNet, config: RunConfig) -> None:
+    """A given U-Net (`train --init`) must be the one the resolved config describes: checkpoints rebuild it from it."""
+    differ = [k for k, v in vars(config.model).items() if getattr(model.config, k) != v]
+    if differ:
+        wanted = ", ".join(
+            f"{k} {getattr(config.model, k)} (the model has {getattr(model.config, k)})" for k in differ
+        )
+        raise ConfigError(f"the given U-Net does not fit this data, which needs {wanted}")
+
+
 class RunView:
     """What a callback sees of the run after a step; it changes nothing."""
 
@@ -66,8 +76,8 @@ class RunView:
 
     @property
     def elapsed(self) -> float:
-        """Training seconds, agreed by all processes at the last agreement point."""
-        return self._trainer.clock.elapsed
+        """Training seconds as this process counts them (the processes agree on them at every log line)."""
+        return self._trainer.clock.local
 
     @property
     def run_dir(self) -> Path:
@@ -125,12 +135,8 @@ class Trainer:
         device = process.device
         self.schedule = NoiseSchedule.from_config(config.diffusion.schedule).to(device)
         torch.manual_seed(config.seed)  # the initial weights
-        if isinstance(model, UNet) and model.config != config.model:  # checkpoints must rebuild it from the config
-            differ = [k for k, v in vars(config.model).items() if getattr(model.config, k) != v]
-            wanted = ", ".join(
-                f"{k} {getattr(config.model, k)} (the model has {getattr(model.config, k)})" for k in differ
-            )
-            raise ConfigError(f"the given U-Net does not fit this data, which needs {wanted}")
+        if isinstance(model, UNet):
+            check_fits(model, config)
         model = (model or UNet(config.model)).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, fused=True)
         self.state = TrainState(model, optimizer, device=device)
