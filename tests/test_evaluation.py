@@ -158,6 +158,10 @@ def test_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     assert "has no array named 'images' or 'arr_0' (it has: pictures, masks)" in fails(
         capsys, "eval", "--images", str(empty), "--dataset", "digits"
     )
+    picture = tmp_path / "grid.jpg"
+    picture.write_bytes(b"not an array")
+    message = fails(capsys, "eval", "--images", str(picture), "--dataset", "digits")
+    assert "grid.jpg: --images takes an .npz, an .npy or a folder of PNGs" in message
     ambiguous = tmp_path / "ambiguous.npy"
     np.save(ambiguous, np.zeros((4, 3, 3, 3), np.uint8))
     message = fails(capsys, "eval", "--images", str(ambiguous), "--dataset", "digits")

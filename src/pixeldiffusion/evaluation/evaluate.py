@@ -324,6 +324,8 @@ def read_arrays(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, str]:
     holding them as "images", "arr_0" or its only array, with labels as "labels" (or "arr_1" beside "arr_0")."""
     if not path.is_file():
         raise PixelDiffusionError(f"{path}: no such file or folder")
+    if path.suffix.lower() not in (".npz", ".npy"):
+        raise PixelDiffusionError(f"{path}: --images takes an .npz, an .npy or a folder of PNGs")
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
