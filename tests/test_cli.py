@@ -313,6 +313,10 @@ def test_show_forward_uses_the_resolution_train_would(capsys, monkeypatch, tmp_p
         run_main(capsys, "show", "forward", "--dataset", f"folder:{folder}", "--out", str(tmp_path / "f.png"))[0] == 0
     )
     assert seen["image_size"] == default_config(f"folder:{folder}").model.image_size == 40
+    for flags, size in ((["--pad"], 64), (["--pad", "--image-size", "48"], 48)):  # as train --pad: 40 -> 64
+        out = str(tmp_path / "p.png")
+        assert run_main(capsys, "show", "forward", "--dataset", f"folder:{folder}", *flags, "--out", out)[0] == 0
+        assert seen["image_size"] == size and seen["pad"]
 
 
 @pytest.mark.parametrize("quiet,terminal,shown", [(False, True, True), (True, True, False), (False, False, False)])

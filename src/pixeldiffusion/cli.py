@@ -318,10 +318,12 @@ def cmd_show(args: argparse.Namespace) -> None:
 
     schedules = [ScheduleConfig(kind=kind, timesteps=args.timesteps) for kind in args.schedule if kind]
     if args.what == "forward":
-        size = default_config(args.dataset).model.image_size  # the resolution `train --dataset` trains at
+        # the resolution `train --dataset` (with the same --pad and --image-size) trains at
+        size = args.image_size or default_config(args.dataset, pad=args.pad).model.image_size
         figure = visualize.dataset_forward_figure(
-            args.dataset, schedules, args.times, n=args.n, seed=args.seed, data_dir=args.data_dir, image_size=size
-        )
+            args.dataset, schedules, args.times, n=args.n, seed=args.seed, data_dir=args.data_dir, image_size=size,
+            pad=args.pad,
+        )  # fmt: skip
     elif args.what == "schedule":
         figure = visualize.schedule_figure(schedules)
     else:
@@ -496,6 +498,8 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--run", dest="run_dir", help="show run: the run directory")
     v.add_argument("--dataset", default="digits", help="show forward: the dataset whose images are noised")
     v.add_argument("--data-dir", help="show forward: a directory holding the dataset's files")
+    v.add_argument("--image-size", type=at_least(1), help="show forward: the size (default: the one train uses)")
+    v.add_argument("--pad", action="store_true", help="show forward: pad with black up to the size, as train --pad")
     v.add_argument(
         "--schedule",
         default=("linear", "cosine"),

@@ -169,10 +169,12 @@ def dataset_forward_figure(
     seed: int = 0,
     data_dir: str | None = None,
     image_size: int | None = None,
+    pad: bool = False,
 ) -> Image.Image:
-    """`forward_figure` of n images of a dataset's test split at image_size (default: its own), picked at random
-    by `seed`."""
-    data = load_dataset(dataset, split="test", data_dir=data_dir, image_size=image_size)
+    """`forward_figure` of n images of a dataset's test split at image_size (default: its own; `pad`: padded with
+    black up to it rather than resized), picked at random by `seed`."""
+    padded = image_size if pad else None
+    data = load_dataset(dataset, split="test", data_dir=data_dir, image_size=image_size, pad=padded)
     picked = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
     return forward_figure(data.images[picked], schedules, ts, seed=seed)
 
