@@ -40,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pixeldiffusion.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig
 from pixeldiffusion.data import ImageData
+from pixeldiffusion.interop.diffusers import unet_config_to_diffusers
 from pixeldiffusion.models import UNet, UNetConfig, preset
 from pixeldiffusion.pipeline import Pipeline
 from pixeldiffusion.process import resolve_device
@@ -91,32 +92,10 @@ class Case:
 
 
 def diffusers_unet(config: UNetConfig) -> UNet2DModel:
-    """diffusers' UNet2DModel with the same architecture as UNet(config): same channels, blocks per level,
-    attention resolutions and heads, GroupNorm groups, time embedding, time injection and dropout."""
-    if config.block != "resnet" or config.linear_attention_resolutions or config.conditioning != "none":
-        raise ValueError("diffusers has a match only for unconditional ResNet U-Nets with full attention")
-    if config.stem_kernel != 3:
-        raise ValueError("diffusers' UNet2DModel has a 3x3 stem only")
-    channels = [config.base_channels * m for m in config.channel_mult]
-    attention = [config.image_size // 2**i in config.attention_resolutions for i in range(len(channels))]
-    head_dims = {c // config.attention_heads for c, a in zip(channels, attention, strict=True) if a}
-    head_dims.add(channels[-1] // config.attention_heads)  # the middle block's attention
-    if len(head_dims) > 1:
-        raise ValueError("diffusers' UNet2DModel has one attention head size for every level")
-    return UNet2DModel(
-        sample_size=config.image_size,
-        in_channels=config.in_channels,
-        out_channels=config.in_channels,
-        block_out_channels=tuple(channels),
-        layers_per_block=config.num_res_blocks,
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
-        attention_head_dim=head_dims.pop(),
-        norm_num_groups=config.norm_groups,
-        attn_norm_num_groups=config.norm_groups,  # else the middle attention has no GroupNorm under scale_shift
-        resnet_time_scale_shift="scale_shift" if config.injection == "scale_shift" else "default",
-        dropout=config.dropout,
-    )
+    """diffusers' UNet2DModel with the same architecture as UNet(config), as `pixeldiffusion export` maps it (a
+    ConversionError names what has no counterpart)."""
+    values = unet_config_to_diffusers(config, null_class=False)
+    return UNet2DModel.from_config({k: v for k, v in values.items() if not k.startswith("_")})
 
 
 def build(library: str, config: UNetConfig, device: torch.device) -> torch.nn.Module:

@@ -12,12 +12,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pixeldiffusion import checkpoint as ckpt
 from pixeldiffusion.checkpoint import write_atomic
-from pixeldiffusion.config import RunConfig, SampleConfig, from_dict
+from pixeldiffusion.config import RunConfig, SampleConfig
 from pixeldiffusion.data import to_uint8
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
-from pixeldiffusion.models import UNet
 from pixeldiffusion.process import Process, resolve_device
 from pixeldiffusion.runtime import use_bf16, use_channels_last
 from pixeldiffusion.sampling import Step, sample_steps, shown_steps
@@ -100,42 +98,12 @@ class Pipeline:
         self._compiled: nn.Module | None = None
 
     @classmethod
-    def from_checkpoint(
-        cls, path: str | Path, *, weights: str = "ema", device: str | torch.device = "auto"
-    ) -> Pipeline:
-        """Load a checkpoint file; weights="ema" (default) or "model" (the raw training weights)."""
-        if weights not in ("ema", "model"):
-            raise ConfigError(f"weights must be 'ema' or 'model', got {weights!r}")
-        tensors, meta = ckpt.load_checkpoint(path)
-        try:
-            config = from_dict(RunConfig, meta["config"])
-        except KeyError as e:
-            raise ckpt.CheckpointError(f"{path} has no configuration") from e
-        model = UNet(config.model)
-        try:
-            model.load_state_dict(ckpt.split_prefix(tensors, weights))
-        except RuntimeError as e:
-            raise ckpt.CheckpointError(f"{path}: weights do not match the configuration it records") from e
-        model.to(resolve_device(device))
-        return cls(
-            model,
-            NoiseSchedule.from_config(config.diffusion.schedule),
-            config,
-            class_names=tuple(meta.get("class_names", ())),
-            context_names=tuple(meta.get("context_names", ())),
-        )
-
-    @classmethod
-    def from_run(cls, run_dir: str | Path, **kwargs) -> Pipeline:
-        """Load the latest checkpoint of a training run directory."""
-        return cls.from_checkpoint(ckpt.latest_checkpoint(run_dir), **kwargs)
-
-    @classmethod
     def from_pretrained(
         cls, source: str | Path, *, weights: str = "ema", device: str | torch.device = "auto"
     ) -> Pipeline:
-        """Load a run directory, a checkpoint file, a diffusers folder (UNet2DModel and scheduler, converted to our
-        U-Net) or a Hub repository of either ("user/repo" or "hf://user/repo"); see interop/pretrained.py."""
+        """Load a run directory (its latest checkpoint), a checkpoint file, a diffusers folder (UNet2DModel and
+        scheduler, converted to our U-Net) or a Hub repository of either ("user/repo" or "hf://user/repo");
+        weights="ema" (default) or "model" (a run's raw training weights). See interop/pretrained.py."""
         from pixeldiffusion.interop.pretrained import read_model
 
         found = read_model(source, weights=weights)
@@ -146,6 +114,16 @@ class Pipeline:
             class_names=found.class_names,
             context_names=found.context_names,
         )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs) -> Pipeline:
+        """Load a checkpoint file (`from_pretrained`)."""
+        return cls.from_pretrained(path, **kwargs)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, **kwargs) -> Pipeline:
+        """Load the latest checkpoint of a training run directory (`from_pretrained`)."""
+        return cls.from_pretrained(run_dir, **kwargs)
 
     def network(self, config: SampleConfig) -> Callable[..., torch.Tensor]:
         """The network as the sampler calls it: compiled once on first use if config.compile (with CUDA graphs on a

@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,27 +76,43 @@ def decoded_path(name: str, options: dict[str, object], sources: Sequence[Path])
     return cache_dir() / "decoded" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
 
+class Busy(PixelDiffusionError):
+    """Another process holds the lock asked for without waiting."""
+
+
 @contextmanager
-def exclusive(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on a directory (flock, where the OS has it): other processes wait at the same call.
+def locked(directory: Path, *, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on an existing directory (flock, where the OS has it): other processes wait at the same
+    call, or, with wait=False, this one raises Busy. The OS releases it when the process ends, however it ends.
 
     Locking the directory itself leaves no lock file behind. Where the file system refuses locks (some network
     mounts), the block runs unlocked.
     """
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PixelDiffusionError(f"cannot write in {directory} ({e}); set {CACHE_ENV} to a writable directory") from e
     if fcntl is None:
         yield
         return
     handle = os.open(directory, os.O_RDONLY)
     try:
-        with suppress(OSError):  # no locks on this file system: proceed unlocked
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise Busy(f"{directory} is locked by another process") from None
+        except OSError:  # no locks on this file system: proceed unlocked
+            pass
         yield
     finally:
         os.close(handle)  # releases the lock
+
+
+@contextmanager
+def exclusive(directory: Path) -> Iterator[None]:
+    """`locked` on a cache directory, made first: processes decoding into it take turns."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PixelDiffusionError(f"cannot write in {directory} ({e}); set {CACHE_ENV} to a writable directory") from e
+    with locked(directory):
+        yield
 
 
 def cached(path: Path, build: Callable[[], ImageData]) -> ImageData:

@@ -18,18 +18,21 @@ def total_steps(max_steps: int | None, epochs: float | None, dataset_size: int, 
 
 
 @lru_cache(maxsize=4)
-def epoch_order(seed: int, epoch: int, dataset_size: int) -> torch.Tensor:
-    """The permutation of the dataset for one pass over it, from the stream (seed, "data-order", epoch)."""
-    return torch.randperm(dataset_size, generator=generator(seed, "data-order", epoch))
+def epoch_order(seed: int, epoch: int, dataset_size: int, device: torch.device | str) -> torch.Tensor:
+    """The permutation of the dataset for one pass over it, from the stream (seed, "data-order", epoch), moved to
+    the device once per epoch (cached) rather than once per step."""
+    return torch.randperm(dataset_size, generator=generator(seed, "data-order", epoch)).to(device)
 
 
-def batch_indices(seed: int, step: int, dataset_size: int, batch_size: int) -> torch.Tensor:
+def batch_indices(
+    seed: int, step: int, dataset_size: int, batch_size: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Indices of a step's global batch: positions [step B, (step + 1) B) of the endless sequence of epoch
     permutations. A batch may straddle two epochs, so no image is dropped, and a dataset smaller than the
     batch still trains (each batch then holds every image about B / N times)."""
     start, stop = step * batch_size, (step + 1) * batch_size
     first, last = start // dataset_size, (stop - 1) // dataset_size
-    order = torch.cat([epoch_order(seed, e, dataset_size) for e in range(first, last + 1)])
+    order = torch.cat([epoch_order(seed, e, dataset_size, device) for e in range(first, last + 1)])
     offset = start - first * dataset_size
     return order[offset : offset + batch_size]
 

@@ -8,36 +8,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pixeldiffusion.checkpoint import write_atomic
+from pixeldiffusion.data import cache
 from pixeldiffusion.errors import PixelDiffusionError
-
-try:
-    import fcntl
-except ImportError:  # Windows: runs are not locked there
-    fcntl = None
 
 
 @contextlib.contextmanager
 def locked(run_dir: Path) -> Iterator[None]:
-    """Hold RUN/.lock for the duration, so that a second process training into the same run is refused. The
-    operating system releases the lock when the process ends, however it ends."""
+    """Hold the run directory's lock for the duration, so that a second process training into it is refused."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise PixelDiffusionError(f"could not write {run_dir / 'config.json'}: {e.strerror}") from e
-    if fcntl is None:
-        yield
-        return
-    with open(run_dir / ".lock", "a") as handle:
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            held.enter_context(cache.locked(run_dir, wait=False))
+        except cache.Busy:
             raise PixelDiffusionError(
                 f"{run_dir} is in use by another training process; wait for it to end, or choose another --out"
             ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 def read_metrics(path: Path) -> list[dict]:

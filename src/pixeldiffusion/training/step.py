@@ -67,7 +67,7 @@ class TrainStep:
         """This process's share of the global batch of `step`: its images, and t, eps, flips and condition dropout
         from the streams (seed, purpose, step), drawn for the whole global batch so that any split agrees."""
         seed, device, B = self.config.seed, self.process.device, self.config.optim.batch_size
-        idx = batch_indices(seed, step, len(self.images), B).to(device)
+        idx = batch_indices(seed, step, len(self.images), B, device)
         t = torch.randint(
             1, self.schedule.T + 1, (B,), generator=generator(seed, "t", step, device=device), device=device
         )
