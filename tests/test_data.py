@@ -2,6 +2,7 @@
 
 import gzip
 import io
+import json
 import multiprocessing
 import os
 import pickle
@@ -14,10 +15,20 @@ import pytest
 import torch
 from PIL import Image
 
-from pixeldiffusion.data import ImageData, describe_datasets, formats, hub, load_dataset, to_model_range, to_uint8
+from pixeldiffusion.data import (
+    ImageData,
+    describe_datasets,
+    emoji,
+    formats,
+    hub,
+    load_dataset,
+    to_model_range,
+    to_uint8,
+)
 from pixeldiffusion.errors import PixelDiffusionError
 
 REAL_MNIST = Path(__file__).resolve().parents[2] / "shared/data/mnist"
+REAL_EMOJI = Path(__file__).resolve().parents[2] / "shared/data/emoji"
 rng = np.random.default_rng(0)
 
 
@@ -87,6 +98,47 @@ def write_sprites(directory: Path, *, n: int = 6, n_labels: int | None = None) -
     return images, labels
 
 
+EMOJI_ENTRIES = [  # a face, a person with one skin tone drawn (and one not), a swatch and an emoji Google lacks
+    {
+        "category": "Smileys & Emotion",
+        "subcategory": "face-smiling",
+        "has_img_google": True,
+        "sheet_x": 0,
+        "sheet_y": 0,
+    },
+    {
+        "category": "People & Body",
+        "subcategory": "person",
+        "has_img_google": True,
+        "sheet_x": 1,
+        "sheet_y": 0,
+        "skin_variations": {
+            "1F3FB": {"sheet_x": 2, "sheet_y": 0, "has_img_google": True},
+            "1F3FC": {"sheet_x": 0, "sheet_y": 1, "has_img_google": False},
+        },
+    },
+    {"category": "Component", "subcategory": "skin-tone", "has_img_google": True, "sheet_x": 1, "sheet_y": 1},
+    {"category": "Flags", "subcategory": "country-flag", "has_img_google": False, "sheet_x": 2, "sheet_y": 1},
+]
+# what the three kept cells hold (RGBA), and the RGB each gives over the mid-grey background
+EMOJI_CELLS = {(0, 0): (255, 0, 0, 255), (1, 0): (9, 9, 9, 0), (2, 0): (0, 0, 255, 128)}
+EMOJI_RGB = [[255, 0, 0], [128, 128, 128], [64, 64, 192]]
+
+
+def write_emoji(directory: Path, size: int) -> None:
+    """An emoji-datasource folder: a 3 x 2 sheet of size x size images (green 1 px borders), emoji.json and
+    categories.json."""
+    cell = size + 2
+    sheet = np.zeros((2 * cell, 3 * cell, 4), np.uint8)
+    sheet[...] = (0, 255, 0, 255)  # borders and unlisted cells: never read
+    for (x, y), rgba in EMOJI_CELLS.items():
+        sheet[cell * y + 1 : cell * y + 1 + size, cell * x + 1 : cell * x + 1 + size] = rgba
+    Image.fromarray(sheet).save(directory / f"sheet-{size}.png")
+    (directory / "emoji.json").write_text(json.dumps(EMOJI_ENTRIES))
+    categories = {"Smileys & Emotion": ["face-smiling"], "People & Body": ["person"], "Component": [], "Flags": []}
+    (directory / "categories.json").write_text(json.dumps(categories))
+
+
 def write_pictures(root: Path) -> None:
     """Two classes of pictures in mixed formats, sizes and modes, plus files that must be skipped."""
     (root / "cats/sub").mkdir(parents=True)
@@ -108,6 +160,60 @@ def test_digits_are_built_in_and_not_cached(cache):
     assert data.shape == (1, 16, 16) and len(data) == 1797
     assert set(data.labels.tolist()) == set(range(10)) and data.class_names[3] == "3"
     assert not cache.exists()
+
+
+def test_emoji_are_built_in_colour_with_categories_and_attributes(cache):
+    data = load_dataset("emoji")
+    assert data.shape == (3, 16, 16) and len(data) == 3781 and not cache.exists()
+    assert data.class_names[:3] == ("Smileys & Emotion", "People & Body", "Animals & Nature")
+    assert len(data.class_names) == 9 and "Component" not in data.class_names
+    assert set(data.labels.tolist()) == set(range(9))
+    assert data.context_names == ("face", "person", "animal", "plant", "food", "travel", "object", "symbol")
+    assert set(data.context.unique().tolist()) == {0.0, 1.0} and data.context.sum(1).min() == 1  # multi-hot
+    faces, people = data.context[:, 0] == 1, data.context[:, 1] == 1
+    assert (faces & people).any() and (faces & ~people).any(), "heads of people are faces, smileys are not people"
+    grey = (data.images == emoji.BACKGROUND).all(1).float().mean()
+    assert 0.2 < grey < 0.5, "transparent pixels lie over mid-grey"
+    assert torch.equal(load_dataset("emoji", split="test").images, data.images)  # one split
+    assert load_dataset("emoji", image_size=32).shape == (3, 32, 32)  # resized from 16 px
+
+
+def test_emoji_file_is_small_and_ships_with_its_licences():
+    package = Path(emoji.__file__).parent
+    assert (package / "emoji.npz").stat().st_size <= 2.1e6
+    licences = (package / "EMOJI-LICENCE.txt").read_text()
+    assert "Noto Emoji images, Copyright Google Inc., licensed under the Apache License, Version 2.0" in licences
+    assert "Copyright (c) 2013 Cal Henderson" in licences and "END OF TERMS AND CONDITIONS" in licences
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_emoji_sheet_of_the_size_asked_from_data_dir(tmp_path, size):
+    write_emoji(tmp_path, 16)
+    write_emoji(tmp_path, 32)
+    data = load_dataset("emoji", data_dir=tmp_path, image_size=size)
+    assert data.shape == (3, size, size)
+    assert data.images.amin((2, 3)).tolist() == EMOJI_RGB == data.images.amax((2, 3)).tolist()  # no border
+    assert data.labels.tolist() == [0, 1, 1] and data.class_names == ("Smileys & Emotion", "People & Body", "Flags")
+    assert data.context[:, :2].tolist() == [[1, 0], [1, 1], [1, 1]] and data.context[:, 2:].sum() == 0
+
+
+def test_emoji_script_writes_what_the_loader_reads(tmp_path):
+    write_emoji(tmp_path, 16)
+    emoji.main([str(tmp_path), str(tmp_path / "out.npz")])
+    with np.load(tmp_path / "out.npz") as archive:
+        written = emoji.image_data(dict(archive))
+    assert torch.equal(written.images, load_dataset("emoji", data_dir=tmp_path).images)
+    with pytest.raises(PixelDiffusionError, match=r"emoji: sheet-32.png or img/google/sheets-clean/32.png not found"):
+        load_dataset("emoji", data_dir=tmp_path, image_size=32)
+
+
+@pytest.mark.skipif(not REAL_EMOJI.is_dir(), reason="no emoji sheets in shared/data")
+def test_packaged_emoji_are_the_real_sheet():
+    packaged = emoji.read_packaged()
+    made = emoji.read_sheet(*emoji.sheet_files(REAL_EMOJI, 16), size=16)
+    assert packaged.keys() == made.keys()
+    assert all(np.array_equal(packaged[key], made[key]) for key in made)
+    assert load_dataset("emoji", data_dir=REAL_EMOJI, image_size=32).shape == (3, 32, 32)
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -361,7 +467,8 @@ def test_processes_loading_at_once_decode_once(tmp_path, cache, monkeypatch):
 
 def test_describe_datasets_lists_every_name():
     rows = {row["name"]: row for row in describe_datasets()}
-    assert {"digits", "mnist", "fashion-mnist", "cifar10", "sprites", "folder:PATH", "hf:NAME[:SPLIT]"} == set(rows)
+    names = {"digits", "emoji", "mnist", "fashion-mnist", "cifar10", "sprites", "folder:PATH", "hf:NAME[:SPLIT]"}
+    assert names == set(rows)
     assert rows["cifar10"] == {
         "name": "cifar10",
         "size": 50000,
@@ -372,7 +479,7 @@ def test_describe_datasets_lists_every_name():
         "cached": False,
         "description": rows["cifar10"]["description"],
     }
-    assert rows["digits"]["cached"] and not rows["mnist"]["cached"]
+    assert rows["digits"]["cached"] and rows["emoji"]["cached"] and not rows["mnist"]["cached"]
 
 
 def test_model_range_round_trip():
@@ -448,6 +555,21 @@ def truncated_picture(d: Path) -> None:
     truncated(d / "cut.jpg", keep=0.3)
 
 
+def emoji_json_cut_short(d: Path) -> None:
+    write_emoji(d, 16)
+    (d / "emoji.json").write_text(json.dumps(EMOJI_ENTRIES)[:50])
+
+
+def emoji_cell_beyond_the_sheet(d: Path) -> None:
+    write_emoji(d, 16)
+    (d / "emoji.json").write_text(json.dumps([{**EMOJI_ENTRIES[0], "sheet_x": 3}]))
+
+
+def emoji_sheet_of_other_cells(d: Path) -> None:
+    write_emoji(d, 16)
+    Image.new("RGBA", (32, 32)).save(d / "sheet-16.png")
+
+
 @pytest.mark.parametrize(
     ("name", "make", "message"),
     [
@@ -462,6 +584,9 @@ def truncated_picture(d: Path) -> None:
         ("sprites", sprites_do_not_match, r"sprite_labels_nc_1788_16x16.npy: 5 label vectors for the 6 images"),
         ("sprites", sprites_too_narrow, r"sprite_labels_nc_1788_16x16.npy: 4 columns, not human, non-human, food"),
         ("sprites", sprites_pickled, r"sprites_1788_16x16.npy: cannot read as a .npy array"),
+        ("emoji", emoji_json_cut_short, r"emoji.json: cannot read as JSON \(Expecting value"),
+        ("emoji", emoji_cell_beyond_the_sheet, r"emoji.json: cells outside .*sheet-16.png; a sheet of another"),
+        ("emoji", emoji_sheet_of_other_cells, r"sheet-16.png: 32x32 is no grid of 18 px cells"),
         ("folder:{d}", corrupt_picture, r"broken.png: not a readable image"),
         ("folder:{d}", truncated_picture, r"cut.jpg: cannot decode \(image file is truncated"),
         ("folder:{d}", lambda d: None, r"no PNG, JPEG or WebP images in it or its subfolders"),
@@ -480,12 +605,13 @@ def test_bad_input_is_named_and_leaves_no_file(tmp_path, cache, name, make, mess
 @pytest.mark.parametrize(
     ("name", "options", "message"),
     [
-        ("imagenet", {}, r"unknown dataset 'imagenet'; choose one of digits, mnist"),
+        ("imagenet", {}, r"unknown dataset 'imagenet'; choose one of digits, emoji, mnist"),
         ("folder:", {}, r"unknown dataset 'folder:'"),
         ("mnist", {"split": "validation"}, r"unknown split 'validation'"),
         ("mnist", {"channels": 1}, r"mnist takes no option channels"),
         ("digits", {"data_dir": "x"}, r"digits takes no option data_dir"),
         ("sprites", {}, r"sprites needs --data-dir DIR"),
+        ("emoji", {"data_dir": "absent"}, r"emoji: sheet-16.png or .*, emoji.json, categories.json not found in"),
     ],
 )
 def test_impossible_requests(name, options, message):

@@ -1,5 +1,6 @@
 """The wheel, what a non-editable install unpacks: besides the modules it must carry every file the package reads at
-run time (the web page, the built-in digits) and py.typed, which an editable install finds in src/ without them."""
+run time (the web page, the built-in datasets and their licences) and py.typed, which an editable install finds in
+src/ without them."""
 
 import shutil
 import subprocess
@@ -25,6 +26,8 @@ def test_the_wheel_carries_every_file_of_the_package(tmp_path):
     assert {
         "pixeldiffusion/py.typed",
         "pixeldiffusion/data/digits.npz",
+        "pixeldiffusion/data/emoji.npz",
+        "pixeldiffusion/data/EMOJI-LICENCE.txt",
         "pixeldiffusion/serve/static/index.html",
         "pixeldiffusion/serve/static/app.js",
         "pixeldiffusion/serve/static/style.css",

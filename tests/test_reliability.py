@@ -50,7 +50,7 @@ def test_bad_sampling_requests_leave_the_run_untouched(trained, args, message):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--dataset", "mnst"], "unknown dataset 'mnst'; choose one of digits, mnist"),
+        (["--dataset", "mnst"], "unknown dataset 'mnst'; choose one of digits, emoji, mnist"),
         (["--preset", "giant"], "unknown model preset 'giant'; choose one of digits"),
         (["--image-size", "18"], "image size 18 is not divisible by 4"),
         (["--out", "/dev/null/run"], "could not write /dev/null/run/config.json"),

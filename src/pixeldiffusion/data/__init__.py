@@ -1,4 +1,4 @@
-"""Datasets: a registry of names, loaders for the real file formats, verified downloads, and the built-in digits."""
+"""Datasets: a registry of names, loaders for real file formats, verified downloads, the built-in digits and emoji."""
 
 from pixeldiffusion.data.imagedata import ImageData, pad_to, resize, to_model_range, to_uint8
 from pixeldiffusion.data.registry import describe_datasets, load_dataset

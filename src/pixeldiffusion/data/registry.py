@@ -1,6 +1,6 @@
 """Datasets by name: what each one is, where its files come from, and `load_dataset` to get it in memory.
 
-Names: digits (built in), mnist, fashion-mnist, cifar10 (downloaded into the cache, or read from data_dir),
+Names: digits and emoji (built in), mnist, fashion-mnist, cifar10 (downloaded into the cache, or read from data_dir),
 sprites (from data_dir), folder:PATH (a folder of pictures) and hf:NAME[@REVISION][:SPLIT] (the Hugging Face hub).
 Every dataset is decoded once into one uint8 tensor; the result is cached on disk, so the next load is one read.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixeldiffusion.data import formats
+from pixeldiffusion.data import emoji, formats
 from pixeldiffusion.data.cache import Recipe, cached, decoded_path
 from pixeldiffusion.data.download import MD5, fetch, is_downloaded
 from pixeldiffusion.data.hub import hub_recipe
@@ -71,6 +71,19 @@ def _digits_recipe() -> Recipe:
         )
 
     return Recipe(sources=(), decode=decode)
+
+
+def _emoji_recipe(*, image_size: int, data_dir: str | Path | None = None) -> Recipe:
+    """Noto Color Emoji (see `emoji`): the 16 px images shipped inside the package, or from data_dir the sheet of
+    the size nearest above image_size (sheet-16.png, sheet-32.png) with emoji.json and categories.json.
+
+    One split, as the digits: split="test" returns the same images.
+    """
+    if data_dir is None:
+        return Recipe(sources=(), decode=lambda: emoji.image_data(emoji.read_packaged()))
+    size = next((s for s in emoji.SHEET_SIZES if s >= image_size), emoji.SHEET_SIZES[-1])
+    files = emoji.sheet_files(Path(data_dir).expanduser(), size)
+    return Recipe(sources=files, decode=lambda: emoji.image_data(emoji.read_sheet(*files, size=size)))
 
 
 def _local(data_dir: str | Path, names: tuple[str, ...], *, dataset: str) -> list[Path]:
@@ -238,6 +251,16 @@ DATASETS = {
             built_in=True,
         ),
         Entry(
+            "emoji",
+            "Noto Color Emoji, 9 categories, 8 attributes; built in at 16 px (resized), 32 px from --data-dir sheets",
+            _emoji_recipe,
+            sizes=(3781, 3781),
+            resolution=16,
+            channels=3,
+            classes=9,
+            built_in=True,
+        ),
+        Entry(
             "mnist",
             "handwritten digits (LeCun et al.)",
             partial(_idx_recipe, "mnist", DIGIT_NAMES, MNIST_LICENCE),
@@ -350,8 +373,8 @@ def load_dataset(
 ) -> ImageData:
     """Load a dataset by name (see `describe_datasets`), optionally padded (28 -> 32) and then resized.
 
-    split: "train" or "test" (digits, sprites and folders have one split, returned for both).
-    data_dir: a folder holding files you already have (mnist, fashion-mnist, cifar10, sprites); without it, the
+    split: "train" or "test" (digits, emoji, sprites and folders have one split, returned for both).
+    data_dir: a folder holding files you already have (mnist, fashion-mnist, cifar10, sprites, emoji); without it, the
         official files are downloaded into the cache ($PIXELDIFFUSION_CACHE, default ~/.cache/pixeldiffusion).
     image_size: side of the square images returned; folders and hub datasets default to 64 (shorter side scaled,
         centre cropped), the others keep their own size.
@@ -378,7 +401,7 @@ def load_dataset(
     if "split" in accepted:
         options["split"] = split
     if "image_size" in accepted:
-        options["image_size"] = image_size or DEFAULT_IMAGE_SIZE
+        options["image_size"] = image_size or entry.resolution or DEFAULT_IMAGE_SIZE
     recipe = entry.recipe(*target, **options)
 
     def build() -> ImageData:
