@@ -9,6 +9,7 @@ from subprocess import PIPE
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import TINY_FLAGS, run_cli
@@ -155,6 +156,9 @@ def trained(tmp_path_factory):
         (["train-classifier", "--dataset", "digits", "--epochs", "0"], "expected a whole number >= 1"),
         (["sample", "--run", "x", "--out", "grid.bmp"], "'grid.bmp': name the file .png or .jpg or .jpeg"),
         (["sample", "--run", "x", "--gif", "x.png"], "argument --gif: 'x.png': name the file .gif"),
+        (["sample", "--run", "x", "--strip", "x.bmp"], "argument --strip: 'x.bmp': name the file .png or .jpg"),
+        (["show", "schedule", "--gif", "s.gif"], "--gif animates the forward process"),
+        (["train", "--activation", "tanh"], "unknown activation 'tanh'; choose one of silu, gelu, relu, mish"),
         (["sample", "--run", "x", "--context", "1,a"], "argument --context: expected numbers separated by commas"),
         (["sample", "--run", "x", "--per-class", "0"], "argument --per-class: expected a whole number >= 1"),
         (["sample", "--run", "x", "--n", "two"], "argument --n: invalid int value: 'two'"),
@@ -235,7 +239,7 @@ def test_a_resumed_run_takes_new_stop_conditions_logging_evaluation_and_runtime(
 
 
 def test_help_states_each_default_once(capsys):
-    for command in ("train", "sample", "eval", "show", "serve", "train-classifier"):
+    for command in ("train", "sample", "eval", "show", "serve", "train-classifier", "train-autoencoder"):
         with pytest.raises(SystemExit) as exit:
             parser().parse_args([command, "--help"])
         out = capsys.readouterr().out
@@ -296,16 +300,25 @@ def test_training_on_a_folder_states_the_size_it_chose(capsys, tmp_path):
     assert config.data.pad and config.model.image_size == 32
 
 
+@pytest.mark.parametrize(("condition", "width"), [("class", 9), ("context", 8)])
+def test_training_on_the_built_in_emoji_by_category_or_attributes(tmp_path, condition, width):
+    out = tmp_path / "run"
+    flags = ["--dataset", "emoji", "--condition", condition, "--out", str(out), "--max-steps", "3", *TINY_FLAGS]
+    assert main(["train", *flags]) == 0
+    model = RunConfig.load(out / "config.json").model
+    assert (model.in_channels, model.num_classes or model.context_dim) == (3, width)
+
+
 def test_show_forward_uses_the_resolution_train_would(capsys, monkeypatch, tmp_path):
     from pixeldiffusion import visualize
 
     seen = {}
 
-    def figure(dataset, schedules, times, **options):
+    def images(dataset, **options):
         seen.update(options)
-        return Image.new("L", (4, 4))
+        return torch.zeros(options["n"], 3, 8, 8, dtype=torch.uint8)
 
-    monkeypatch.setattr(visualize, "dataset_forward_figure", figure)
+    monkeypatch.setattr(visualize, "dataset_images", images)
     folder = tmp_path / "big"
     folder.mkdir()
     Image.new("RGB", (40, 44)).save(folder / "a.png")
@@ -319,6 +332,29 @@ def test_show_forward_uses_the_resolution_train_would(capsys, monkeypatch, tmp_p
         assert seen["image_size"] == size and seen["pad"]
 
 
+def test_show_forward_animates_the_forward_process(capsys, tmp_path):
+    gif, png = tmp_path / "forward.gif", tmp_path / "forward.png"
+    status, err = run_main(capsys, "show", "forward", "--n", "2", "--gif", str(gif), "--out", str(png))
+    assert status == 0 and png.is_file(), err
+    with Image.open(gif) as animation:
+        assert animation.n_frames == 31
+    status, err = run_main(capsys, "show", "forward", "--times", "0,500,1000", "--gif", str(gif), "--out", str(png))
+    with Image.open(gif) as animation:
+        assert status == 0 and animation.n_frames == 3, err
+
+
+def test_a_unet_without_attention_trains_and_samples_a_strip(capsys, tmp_path):
+    out, strip = tmp_path / "run", tmp_path / "strip.png"
+    flags = ["--attention-resolutions", "", "--no-middle-attention", "--activation", "gelu"]
+    assert run_main(capsys, "train", "--out", str(out), "--max-steps", "1", *TINY_FLAGS, *flags)[0] == 0
+    model = RunConfig.load(out / "config.json").model
+    assert (model.attention_resolutions, model.middle_attention, model.activation) == ((), False, "gelu")
+    args = ["sample", "--run", str(out), "--n", "3", "--steps", "4", "--out", str(tmp_path / "s.png")]
+    status, err = run_main(capsys, *args, "--strip", str(strip))
+    with Image.open(strip) as picture:  # three rows of x_T and the four steps, 16 pixels shown at 64
+        assert status == 0 and picture.size == (2 + 5 * 66, 15 + 2 + 3 * 66), err
+
+
 @pytest.mark.parametrize("quiet,terminal,shown", [(False, True, True), (True, True, False), (False, False, False)])
 def test_sampling_shows_progress_on_a_terminal_unless_quiet(
     capsys, monkeypatch, tmp_path, trained, quiet, terminal, shown
@@ -327,3 +363,37 @@ def test_sampling_shows_progress_on_a_terminal_unless_quiet(
     args = ["sample", "--run", str(trained), "--n", "2", "--steps", "3", "--out", str(tmp_path / "s.png")]
     status, err = run_main(capsys, *args, *(["--quiet"] if quiet else []))
     assert status == 0 and ("3/3" in err) == shown, err
+
+
+def test_classifier_guidance_of_an_unconditional_run(capsys, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--max-steps", "1", "--condition", "none", *TINY_FLAGS]) == 0
+    assert main(["train-classifier", "--noisy", "--run", str(run), "--max-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {run / 'classifier' / 'classifier.safetensors'}" in out
+    assert "held-out accuracy on digits: 1/6 held out: t = 0: " in out and "t = 750: " in out
+    png, npz = tmp_path / "guided.png", tmp_path / "guided.npz"
+    args = ["sample", "--run", str(run), "--classifier", str(run / "classifier"), "--classifier-scale", "3"]
+    assert main([*args, "--class", "7", "--n", "2", "--steps", "2", "--out", str(png), "--npz", str(npz)]) == 0
+    with np.load(npz) as arrays:
+        assert arrays["labels"].tolist() == [7, 7], "the classes the classifier steered towards"
+
+
+def test_classifier_guidance_with_classifier_free_guidance_and_its_errors(capsys, tmp_path, trained):
+    clf = tmp_path / "clf"
+    assert main(["train-classifier", "--noisy", "--run", str(trained), "--max-steps", "1", "--out", str(clf)]) == 0
+    png = tmp_path / "g.png"
+    args = ["sample", "--run", str(trained), "--classifier", str(clf), "--guidance", "2", "--steps", "2"]
+    assert main([*args, "--per-class", "1", "--sampler", "heun", "--out", str(png)]) == 0
+    assert Image.open(png).format == "PNG"
+    for command, message in [
+        (["sample", "--run", str(trained), "--classifier-scale", "2"], "a classifier scale needs a classifier"),
+        (["sample", "--run", str(trained), "--classifier", str(tmp_path)], "no noisy classifier at"),
+        (["sample", "--run", str(trained), "--classifier", str(clf), "--classifier-scale", "inf"], "finite"),
+        (["train-classifier", "--noisy"], "--noisy needs --run RUN"),
+        (["train-classifier", "--noisy", "--run", str(trained), "--dataset", "mnist"], "--dataset: a noisy"),
+        (["train-classifier", "--run", str(trained)], "train a noisy classifier: add --noisy"),
+        (["train-classifier"], "give --dataset NAME, or --noisy --run RUN"),
+    ]:
+        status, err = run_main(capsys, *command, "--out", str(tmp_path / "x.png"))
+        assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err

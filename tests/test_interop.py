@@ -57,6 +57,12 @@ UNETS = {
         norm_eps=1e-6,
         dropout=0.1,
     ),
+    "no attention": dict(
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        add_attention=False,
+    ),
 }
 SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon", clip_sample=True)
 
@@ -155,6 +161,10 @@ OURS = {
         **SMALL, in_channels=3, channel_mult=(1, 1), num_res_blocks=2, attention_resolutions=(8, 4), attention_heads=1,
         injection="additive",
     ),
+    "no attention": UNetConfig(
+        **SMALL, in_channels=1, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
+        middle_attention=False,
+    ),
 }  # fmt: skip
 
 
@@ -211,6 +221,9 @@ def test_what_does_not_map_is_named_in_one_line(tmp_path):
         fake_run(tmp_path / "run", replace(OURS["class-conditional, scale-shift"], block="convnext"))
         export_diffusers(tmp_path / "run", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    with pytest.raises(ConversionError, match="the gelu activation"):
+        fake_run(tmp_path / "gelu", replace(OURS["no attention"], activation="gelu"))
+        export_diffusers(tmp_path / "gelu", tmp_path / "out")
     folder = save_pipeline(tmp_path / "sde", diffusers_unet("unconditional"), trained_betas=[0.1] * 1000)
     with pytest.raises(ConversionError, match="trained_betas"):
         read_folder(folder)

@@ -1,7 +1,7 @@
 import torch
 
 from pixeldiffusion.models import UNet, preset
-from pixeldiffusion.objectives import denoising_loss, min_snr_weight
+from pixeldiffusion.objectives import denoising_loss, elementwise_loss, min_snr_weight
 from pixeldiffusion.schedule import NoiseSchedule
 
 
@@ -11,6 +11,19 @@ def test_min_snr_weights_agree_across_targets():
     w_x0 = min_snr_weight(snr, "x0")
     assert torch.allclose(min_snr_weight(snr, "eps") * snr, w_x0)
     assert torch.allclose(min_snr_weight(snr, "v") * (snr + 1), w_x0)
+
+
+def test_l2_l1_and_huber_losses_equal_their_closed_forms():
+    """Per image, the mean over pixels of d^2, |d| and huber(d) = d^2 / 2 where |d| < 1, else |d| - 1/2."""
+    target = torch.full((2, 1, 2, 2), 0.5)
+    d = torch.tensor([[0.0, 0.5, 2.0, -3.0], [0.2, -0.2, 1.0, 0.0]]).reshape(2, 1, 2, 2)
+    expected = {
+        "l2": [(0 + 0.25 + 4 + 9) / 4, (0.04 + 0.04 + 1) / 4],
+        "l1": [(0 + 0.5 + 2 + 3) / 4, (0.2 + 0.2 + 1) / 4],
+        "huber": [(0 + 0.125 + 1.5 + 2.5) / 4, (0.02 + 0.02 + 0.5) / 4],
+    }
+    for kind, values in expected.items():
+        torch.testing.assert_close(elementwise_loss(target + d, target, kind), torch.tensor(values), msg=kind)
 
 
 def test_a_small_unet_overfits_a_fixed_batch():

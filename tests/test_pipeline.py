@@ -7,7 +7,9 @@ import torch
 
 from conftest import tiny_config
 from pixeldiffusion.data import to_uint8
+from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.models import UNet
+from pixeldiffusion.models.classifier import NoisyClassifier
 from pixeldiffusion.pipeline import Pipeline
 from pixeldiffusion.process import Process
 from pixeldiffusion.schedule import NoiseSchedule
@@ -44,10 +46,10 @@ def test_an_out_of_memory_split_gives_the_same_images(pipe, monkeypatch):
     expected = pipe.sample(8, seed=2, sampler="ddpm").images
     steps = Pipeline.steps
 
-    def small_memory(self, network, noise, cond, cfg):
+    def small_memory(self, network, noise, cond, cfg, *guidance):
         if len(noise) > 2:
             raise torch.OutOfMemoryError("simulated")
-        yield from steps(self, network, noise, cond, cfg)
+        yield from steps(self, network, noise, cond, cfg, *guidance)
 
     monkeypatch.setattr(Pipeline, "steps", small_memory)
     assert torch.equal(to_uint8(pipe.sample(8, seed=2, sampler="ddpm").images), to_uint8(expected))
@@ -74,3 +76,47 @@ def test_frames_are_x_T_then_evenly_spaced_steps_ending_with_the_images(pipe):
 def test_generate_walks_the_same_loop_as_sample(pipe):
     *_, last = pipe.generate(4, seed=6, sampler="ddpm", steps=4)
     assert torch.equal(last.x, pipe.sample(4, seed=6, sampler="ddpm", steps=4).images)
+
+
+def noisy_classifier(model, schedule, classes: int = 3) -> NoisyClassifier:
+    torch.manual_seed(1)
+    config = replace(model, num_classes=0, context_dim=0)
+    return NoisyClassifier(config, class_names=tuple("abcdefg"[:classes]), schedule=schedule)
+
+
+def test_classifier_guidance_combines_with_classifier_free_guidance(pipe, monkeypatch):
+    classifier = noisy_classifier(pipe.config.model, pipe.config.diffusion.schedule)
+    options = dict(labels=[2, 0], guidance=2.0, sampler="ddim", seed=1)
+    plain = pipe.sample(4, **options)
+    unguided = pipe.sample(4, classifier=classifier, classifier_scale=0.0, **options)
+    assert torch.equal(unguided.images, plain.images) and unguided.cond.tolist() == [2, 0, 2, 0]
+    guided = pipe.sample(4, classifier=classifier, classifier_scale=50.0, **options)
+    assert not torch.equal(guided.images, plain.images)
+
+    steps = Pipeline.steps
+
+    def small_memory(self, network, noise, cond, cfg, guidance=None):
+        if len(noise) > 1:
+            raise torch.OutOfMemoryError("simulated")
+        assert guidance.y.tolist() == cond.tolist(), "each half is steered towards its own classes"
+        yield from steps(self, network, noise, cond, cfg, guidance)
+
+    monkeypatch.setattr(Pipeline, "steps", small_memory)
+    split = pipe.sample(4, classifier=classifier, classifier_scale=50.0, **options)
+    assert torch.allclose(split.images, guided.images, atol=1e-4)
+
+
+def test_classifier_guidance_steers_an_unconditional_model_towards_the_classifiers_classes(pipe):
+    config = replace(pipe.config, model=replace(pipe.config.model, num_classes=0))
+    torch.manual_seed(0)
+    unconditional = Pipeline(UNet(config.model), pipe.schedule, config)
+    classifier = noisy_classifier(config.model, config.diffusion.schedule, classes=2)
+    samples = unconditional.sample(classifier=classifier, classifier_scale=2.0, per_class=2)
+    assert samples.cond.tolist() == [0, 0, 1, 1] and samples.row_labels == ["a", "b"] and samples.nrow == 2
+    assert unconditional.sample(3, classifier=classifier, labels=["B"]).cond.tolist() == [1, 1, 1]
+    with pytest.raises(ConfigError, match="this model is unconditional"):
+        unconditional.sample(3, labels=[1])
+    with pytest.raises(ConfigError, match="a classifier scale needs a classifier"):
+        unconditional.sample(3, classifier_scale=2.0)
+    with pytest.raises(PixelDiffusionError, match=r"it has 2 classes \(the model's: 3\)"):
+        pipe.sample(3, classifier=classifier)

@@ -6,10 +6,15 @@ import pytest
 import torch
 
 from pixeldiffusion.errors import ConfigError
+from pixeldiffusion.models.classifier import NoisyClassifier
 from pixeldiffusion.models.embeddings import null_like
+from pixeldiffusion.models.unet import UNetConfig
 from pixeldiffusion.sampling import (
     SAMPLERS,
     SPACINGS,
+    ClassifierGuidance,
+    classifier_gradient,
+    classifier_guided,
     ddim,
     ddpm,
     guided,
@@ -368,3 +373,94 @@ def test_guidance_combines_conditional_and_null_outputs_in_one_pass():
 def test_null_condition_sentinels():
     assert null_like(torch.tensor([3, 1])).tolist() == [-1, -1]
     assert null_like(torch.zeros(2, 5)).isnan().all()
+
+
+def linear_classifier(seed: int, dtype=torch.float32):
+    """logits = W x: grad_x log p(y | x) = W_y - sum_k p_k W_k, in closed form (time is ignored)."""
+    weight = torch.randn(3, 4, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return weight, lambda x, t: x.flatten(1) @ weight.T
+
+
+def test_the_classifier_gradient_equals_finite_differences():
+    config = UNetConfig(
+        image_size=4,
+        base_channels=4,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(2,),
+        attention_heads=1,
+        norm_groups=2,
+    )
+    torch.manual_seed(0)
+    network = NoisyClassifier(config, class_names=("a", "b", "c"), schedule=ScheduleConfig()).double().eval()
+    for p in network.parameters():  # undo the zero initialisation of the blocks' last layers
+        if not p.any():
+            torch.nn.init.normal_(p, std=0.3)
+    x, y, t = torch.randn(2, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 2]), 300
+
+    def log_p(x: torch.Tensor) -> torch.Tensor:
+        return network(x, torch.full((2,), t)).log_softmax(1).gather(1, y[:, None]).sum()
+
+    with torch.no_grad():  # as the sampler calls it
+        grad = classifier_gradient(network, x, t, y)
+        h, numeric = 1e-6, torch.zeros(x.numel(), dtype=torch.float64)
+        for i in range(x.numel()):
+            step = torch.zeros(x.numel(), dtype=torch.float64)
+            step[i] = h
+            numeric[i] = (log_p(x + step.view_as(x)) - log_p(x - step.view_as(x))) / (2 * h)
+    assert grad.abs().max() > 1e-3
+    assert torch.allclose(grad, numeric.view_as(x), rtol=1e-5, atol=1e-8)
+
+
+def test_classifier_guidance_shifts_eps_by_the_scaled_gradient_and_keeps_x0_consistent():
+    weight, classifier = linear_classifier(1, torch.float64)
+    x, y, t, s = torch.randn(2, 1, 2, 2, dtype=torch.float64), torch.tensor([1, 2]), 400, 2.5
+    denoise = make_denoiser(fake_model, LINEAR, "eps", clip_x0=True)
+    x0_hat, eps_hat = classifier_guided(denoise, LINEAR, ClassifierGuidance(classifier, y, s))(x, t)
+    _, eps = denoise(x, t)
+    p = (x.flatten(1) @ weight.T).softmax(1)
+    grad = (weight[y] - p @ weight).view_as(x)
+    a = LINEAR.alpha_bar[t]
+    assert torch.allclose(eps_hat, eps - s * (1 - a).sqrt() * grad, rtol=0, atol=1e-12)
+    assert torch.allclose(a.sqrt() * x0_hat + (1 - a).sqrt() * eps_hat, x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_classifier_guidance_at_scale_0_is_unguided_and_a_larger_scale_steers(sampler):
+    """A network that knows one image, x0 = 0, samples it; guidance moves each sample towards its class."""
+    _, classifier = linear_classifier(2)
+    x_T, y = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(3)), torch.tensor([0, 1, 2, 0])
+    origin = lambda x, t, cond=None: LINEAR.eps_from_x0(x, t[0].item(), torch.zeros_like(x))  # noqa: E731
+
+    def run(model, guidance: ClassifierGuidance | None) -> torch.Tensor:
+        options = dict(prediction="eps", sampler=sampler, steps=5, eta=1.0, noise=seeded_noise(4))
+        return sample(model, LINEAR, x_T, classifier_guidance=guidance, **options)
+
+    assert torch.equal(run(fake_model, ClassifierGuidance(classifier, y, 0.0)), run(fake_model, None))
+    log_p = lambda x: classifier(x, None).log_softmax(1).gather(1, y[:, None])  # noqa: E731
+    plain, steered = run(origin, None), run(origin, ClassifierGuidance(classifier, y, 1.0))
+    assert torch.allclose(log_p(plain), torch.tensor(1 / 3).log(), atol=1e-5), "unguided, it samples x0 = 0"
+    assert (log_p(steered) > log_p(plain) + 0.01).all()
+
+
+def test_sampling_runs_in_inference_mode_unless_a_classifier_needs_autograd():
+    modes = []
+
+    def model(x, t, cond=None):
+        modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+        return torch.zeros_like(x)
+
+    _, classifier = linear_classifier(5)
+    x_T = torch.randn(1, 1, 2, 2)
+    sample(model, LINEAR, x_T, prediction="eps", steps=2)
+    sample(
+        model,
+        LINEAR,
+        x_T,
+        prediction="eps",
+        steps=2,
+        classifier_guidance=ClassifierGuidance(classifier, torch.tensor([0])),
+    )
+    assert modes == [(True, False)] * 2 + [(False, False)] * 2
+    with pytest.raises(ConfigError, match="classifier scale must be a finite number >= 0"):
+        ClassifierGuidance(classifier, torch.tensor([0]), float("nan"))

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from pixeldiffusion.checkpoint import latest_checkpoint, load_checkpoint
+from pixeldiffusion.config import with_fields
+from pixeldiffusion.data import to_model_range
 from pixeldiffusion.errors import PixelDiffusionError
 from pixeldiffusion.seeding import stream_seed
 from pixeldiffusion.training import (
@@ -131,6 +133,46 @@ def test_learning_rate_warms_up_then_decays_to_zero():
         10, lr=1.0, warmup_steps=0, decay="linear", total_steps=None, elapsed=30, budget_s=60
     )
     assert halfway_in_time == pytest.approx(0.5)
+
+
+def test_linear_decay_follows_its_formula_at_warm_up_middle_and_end():
+    """lr(k) = peak * min(1, (k + 1) / warmup) * (1 - k / total)."""
+
+    def lr(k: int) -> float:
+        return learning_rate(k, lr=2e-3, warmup_steps=10, decay="linear", total_steps=100)
+
+    assert lr(4) == pytest.approx(2e-3 * 0.5 * 0.96)  # half warmed up, 4% decayed
+    assert lr(50) == pytest.approx(1e-3) and lr(99) == pytest.approx(2e-5) and lr(100) == 0.0
+
+
+def drawn(trainer, steps: int = 4):
+    """(the drawn batches, the images and conditions they were drawn from) for the first steps of a run."""
+    step, config = trainer.train_step, trainer.config
+    batches = [step.draw(k) for k in range(steps)]
+    idx = torch.cat([batch_indices(config.seed, k, len(step.images), config.optim.batch_size) for k in range(steps)])
+    return batches, step.images[idx], step.cond[idx]
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_condition_dropout_nulls_about_a_fraction_p_of_the_conditions(tmp_path, tiny, p):
+    batches, _, labels = drawn(Trainer(tiny(batch_size=512, cond_dropout=p), tmp_path / "run"))
+    cond = torch.cat([batch.cond for batch in batches])
+    dropped = cond == -1  # the null class
+    assert abs(dropped.float().mean().item() - p) < 0.05, dropped.float().mean()
+    assert torch.equal(cond[~dropped], labels[~dropped]), "the others keep their labels"
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+def test_horizontal_flips_mirror_about_half_the_images_and_none_when_off(tmp_path, tiny, hflip):
+    config = with_fields(tiny(batch_size=512), {"data.hflip": hflip})
+    batches, images, _ = drawn(Trainer(config, tmp_path / "run"))
+    x0, original = torch.cat([batch.x0 for batch in batches]), to_model_range(images)
+    asymmetric = (original != original.flip(-1)).flatten(1).any(1)
+    kept = (x0 == original).flatten(1).all(1)
+    mirrored = (x0 == original.flip(-1)).flatten(1).all(1) & asymmetric
+    assert torch.all(kept | mirrored), "an image is drawn as it is or mirrored"
+    share = mirrored.sum().item() / asymmetric.sum().item()
+    assert abs(share - 0.5) < 0.05 if hflip else share == 0, share
 
 
 def test_batches_walk_epoch_permutations_and_may_straddle_them():

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,7 +18,9 @@ from pixeldiffusion.training import train
 from pixeldiffusion.visualize import (
     LINE,
     denoising_pictures,
+    denoising_strip,
     forward_figure,
+    forward_pictures,
     image_grid,
     latest_samples,
     run_figure,
@@ -71,6 +74,32 @@ def test_forward_figure_defaults_to_nine_times_and_rejects_times_past_T():
     assert forward_figure(images, [ScheduleConfig(timesteps=80)]).width > 9 * 66
     with pytest.raises(ConfigError, match="between 0 and T = 80"):
         forward_figure(images, [ScheduleConfig(timesteps=80)], [0, 81])
+
+
+def test_forward_pictures_fade_one_noise_draw_from_the_images_to_noise(tmp_path):
+    images = load_dataset("digits").images[:2]
+    pictures = forward_pictures(images, [ScheduleConfig(kind="linear"), ScheduleConfig(kind="cosine")])
+    assert len(pictures) == 31 and len({picture.size for picture in pictures}) == 1
+    top, left = LINE + 1 + 2, pictures[0].width - 2 * (64 + 2)  # under the caption, right of the row labels
+    clean = Image.fromarray(images[0, 0].numpy()).resize((64, 64), Image.NEAREST)
+    assert pictures[0].crop((left, top, left + 64, top + 64)).tobytes() == clean.tobytes(), "t = 0 is x_0"
+    with Image.open(save_animation(pictures, tmp_path / "forward.gif")) as gif:
+        assert gif.n_frames == 31
+    # near t = T, x_t is almost all eps: one draw makes neighbouring frames alike, fresh draws would not
+    last = forward_pictures(images, [ScheduleConfig()], [999, 1000])
+    tiles = [np.asarray(p.crop((p.width - 2 * (64 + 2), top, *p.size)), dtype=float) for p in last]
+    assert np.abs(tiles[0] - tiles[1]).mean() < 1
+
+
+def test_denoising_strip_is_a_row_per_image_from_x_T_to_x_0(frames):
+    strip = denoising_strip(frames)  # 4 frames of 3 images: x_T, then 3 steps
+    assert strip.size == (2 + 4 * (64 + 2), LINE + 2 + 2 + 3 * (64 + 2))
+    last = Image.fromarray(frames[-1][1][2, 0].numpy()).resize((64, 64), Image.NEAREST)
+    left, top = 2 + 3 * 66, LINE + 4 + 2 * 66  # the last column, the third row
+    assert strip.crop((left, top, left + 64, top + 64)).tobytes() == last.tobytes()
+    assert denoising_strip(frames, columns=2).width == 2 + 2 * 66  # x_T and x_0
+    with pytest.raises(PixelDiffusionError, match="no frames were recorded"):
+        denoising_strip([])
 
 
 def test_schedule_figure_is_three_panels_of_1200_by_380(tmp_path):

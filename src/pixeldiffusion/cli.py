@@ -14,12 +14,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pixeldiffusion.config import RunConfig, RuntimeConfig, SampleConfig, field_type, with_fields
+from pixeldiffusion.config import (
+    AutoencoderRunConfig,
+    DataConfig,
+    LengthConfig,
+    RunConfig,
+    RuntimeConfig,
+    SampleConfig,
+    field_type,
+    with_fields,
+)
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
+from pixeldiffusion.models.autoencoder import AutoencoderConfig
 from pixeldiffusion.models.unet import UNetConfig
 from pixeldiffusion.process import setup, teardown
 from pixeldiffusion.recipes import RECIPES, default_config
-from pixeldiffusion.visualize import IMAGE_SUFFIXES
+from pixeldiffusion.visualize import IMAGE_SUFFIXES, STRIP_COLUMNS
 
 DERIVED = {"in_channels", "num_classes", "context_dim"}  # model fields the dataset decides, not the user
 # model fields that only describe networks trained elsewhere (set by an import: `train --init`)
@@ -187,7 +197,7 @@ def refuse_on_resume(args: argparse.Namespace, config: RunConfig) -> None:
         for path, value in given(args).items()
         if path.split(".")[0] not in RESUMABLE and with_fields(config, {path: value}) != config
     ]
-    fixed += [f"--{name}" for name in ("config", "preset", "out", "init") if getattr(args, name)]
+    fixed += [f"--{name}" for name in ("config", "preset", "out", "init", "autoencoder") if getattr(args, name)]
     if fixed:
         raise ConfigError(
             f"{fixed[0]} cannot change on a resumed run (it keeps its model, data, objective and sampling); "
@@ -221,6 +231,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         else:
             config = default_config(dataset, model_preset=args.preset, pad=fields.get("data.pad", False))
     config = apply(config, args)  # bad flags are reported before anything else
+    if args.autoencoder and not args.resume:
+        from pixeldiffusion.training.autoencoder import latent_config
+
+        config = latent_config(config, args.autoencoder, image_size=fields.get("model.image_size"))
     model = None
     if args.init and not args.resume:
         from pixeldiffusion.interop.pretrained import initial_weights
@@ -237,8 +251,9 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise PixelDiffusionError(
                 f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out"
             )
-        size = config.model.image_size
-        print(f"{dataset} at {size}x{size} pixels{' (padded)' if config.data.pad else ''}; --image-size to change")
+        size, side, padded = config.pixel_size, config.model.image_size, " (padded)" * config.data.pad
+        latents = f", diffused as {config.model.in_channels}x{side}x{side} latents" * bool(config.latent.autoencoder)
+        print(f"{dataset} at {size}x{size} pixels{padded}{latents}; --image-size to change")
     callbacks = []
     if config.eval.every:  # fails here, before any training, when the dataset has no classifier to score with
         from pixeldiffusion.evaluation.callback import evaluation_callback
@@ -281,7 +296,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
         labels=[c.strip() for c in args.classes.split(",")] if args.classes else None,
         context=args.context,
         per_class=args.per_class,
-        frames=41 if args.gif or args.mp4 else 0,
+        classifier=args.classifier,
+        classifier_scale=args.classifier_scale,
+        frames=41 if args.gif or args.mp4 else STRIP_COLUMNS if args.strip else 0,
         processes=process,
         progress=show_progress(args, process.is_main),
         **dataclasses.asdict(sampling),
@@ -289,8 +306,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     teardown(process)
     if not process.is_main:
         return
-    samples.save(args.out, gif=args.gif, mp4=args.mp4, npz=args.npz, show_x0=args.show_x0)
-    for what, path in (("grid", args.out), ("animation", args.gif), ("video", args.mp4), ("arrays", args.npz)):
+    samples.save(args.out, gif=args.gif, mp4=args.mp4, npz=args.npz, show_x0=args.show_x0, strip=args.strip)
+    written = {"grid": args.out, "animation": args.gif, "video": args.mp4, "strip": args.strip, "arrays": args.npz}
+    for what, path in written.items():
         if path:
             print(f"wrote {what}: {path}")
 
@@ -317,13 +335,19 @@ def cmd_show(args: argparse.Namespace) -> None:
     from pixeldiffusion.schedule import ScheduleConfig
 
     schedules = [ScheduleConfig(kind=kind, timesteps=args.timesteps) for kind in args.schedule if kind]
+    if args.gif and args.what != "forward":
+        raise PixelDiffusionError("--gif animates the forward process: pixeldiffusion show forward --gif FILE.gif")
     if args.what == "forward":
         # the resolution `train --dataset` (with the same --pad and --image-size) trains at
         size = args.image_size or default_config(args.dataset, pad=args.pad).model.image_size
-        figure = visualize.dataset_forward_figure(
-            args.dataset, schedules, args.times, n=args.n, seed=args.seed, data_dir=args.data_dir, image_size=size,
-            pad=args.pad,
-        )  # fmt: skip
+        images = visualize.dataset_images(
+            args.dataset, n=args.n, seed=args.seed, data_dir=args.data_dir, image_size=size, pad=args.pad
+        )
+        figure = visualize.forward_figure(images, schedules, args.times, seed=args.seed)
+        if args.gif:
+            frames = visualize.forward_pictures(images, schedules, args.times, seed=args.seed)
+            visualize.save_animation(frames, args.gif)
+            print(f"wrote {args.gif} ({len(frames)} frames)")
     elif args.what == "schedule":
         figure = visualize.schedule_figure(schedules)
     else:
@@ -385,6 +409,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> None:
+    if args.noisy:
+        cmd_train_noisy_classifier(args)
+        return
+    if args.run or args.max_steps or args.minutes:
+        raise PixelDiffusionError("--run, --max-steps and --minutes train a noisy classifier: add --noisy")
+    if not args.dataset:
+        raise PixelDiffusionError("give --dataset NAME, or --noisy --run RUN for a noisy classifier to guide with")
     from pixeldiffusion.evaluation.classifier import min_accuracy, train_classifier
 
     trained = train_classifier(
@@ -400,6 +431,43 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
     print(f"wrote {trained.path}: test accuracy {info.test_accuracy:.4f} on {info.test_set}")
     if info.test_accuracy < (floor := min_accuracy(args.dataset)):
         print(f"below the {floor:.0%} that eval needs to score with it: train longer (--epochs {2 * info.epochs})")
+
+
+def cmd_train_noisy_classifier(args: argparse.Namespace) -> None:
+    from pixeldiffusion.training.noisy_classifier import DEFAULT_LENGTH, train_noisy_classifier
+
+    if not args.run:
+        raise PixelDiffusionError("--noisy needs --run RUN: the diffusion run the classifier is to guide")
+    given_data = [flag for flag in ("dataset", "image_size", "pad") if getattr(args, flag)]
+    if given_data:
+        flag = "--" + given_data[0].replace("_", "-")
+        raise PixelDiffusionError(f"{flag}: a noisy classifier learns the run's own dataset, size and padding")
+    stops = {"max_steps": args.max_steps, "epochs": args.epochs, "minutes": args.minutes}
+    length = LengthConfig(**stops) if any(v is not None for v in stops.values()) else DEFAULT_LENGTH
+    trained = train_noisy_classifier(
+        args.run,
+        out=args.out,
+        data_dir=args.data_dir,
+        device=device(args),
+        length=length,
+        progress=sys.stderr.isatty(),
+    )
+    print(f"wrote {trained.path} ({trained.steps} steps, {trained.minutes:.1f} min)")
+    accuracy = ", ".join(f"t = {t}: {a:.3f}" for t, a in trained.accuracy.items())
+    print(f"held-out accuracy on {trained.test_set}: {accuracy}")
+    print(f"guide with it:\n  pixeldiffusion sample --run {args.run} --classifier {trained.path.parent} --per-class 8")
+
+
+def cmd_train_autoencoder(args: argparse.Namespace) -> None:
+    from pixeldiffusion.training.autoencoder import train_autoencoder
+
+    trained = train_autoencoder(apply(AutoencoderRunConfig(), args), args.out)
+    print(f"\ntrained {trained.steps} steps in {trained.minutes:.1f} min; everything is in {args.out}/")
+    print(f"  held out       {trained.held_out} images: MSE {trained.mse:.4g}, PSNR {trained.psnr:.2f} dB")
+    print(f"  scale factor   {trained.scale_factor:.4g} (1 / std of the latents)")
+    print(f"  autoencoder    {trained.path}")
+    print(f"  comparison     {Path(args.out) / 'reconstructions.png'} (held-out images above their reconstructions)")
+    print(f"diffuse in its latent space with:\n  pixeldiffusion train --autoencoder {args.out} --dataset DATASET")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -459,6 +527,12 @@ def parser() -> argparse.ArgumentParser:
         "folder or hf://user/repo, with a fresh optimizer",
     )
     run.add_argument(
+        "--autoencoder",
+        metavar="AE_RUN",
+        help="latent diffusion: train on the latents of this train-autoencoder run (copied into the run); "
+        "--image-size is then the pixels' (default: the autoencoder's)",
+    )
+    run.add_argument(
         "--log",
         choices=("jsonl", "tensorboard"),
         default="jsonl",
@@ -480,10 +554,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--class", dest="classes", help="class names or indices, comma-separated (e.g. 7 or 'Ankle boot')")
     s.add_argument("--context", type=numbers(float, "numbers"), help="a context vector, comma-separated (e.g. 1,0,0)")
     s.add_argument("--per-class", type=at_least(1), metavar="K", help="one row of K samples per class, labelled")
+    s.add_argument(
+        "--classifier",
+        help="classifier guidance with this noisy classifier (train-classifier --noisy; its folder or file), towards "
+        "--class or --per-class, which on an unconditional model go to the classifier alone",
+    )
+    s.add_argument("--classifier-scale", type=float, metavar="S", help="classifier guidance's scale (default: 1)")
     s.add_argument("--out", default="samples.png", type=file_name(*IMAGE_SUFFIXES), help="grid: PNG, JPEG or WebP")
     s.add_argument("--gif", type=file_name(".gif"), help="also write the denoising as an animated GIF")
     s.add_argument("--mp4", type=file_name(".mp4"), help="also write the denoising as an MP4 video (extra: video)")
     s.add_argument("--show-x0", action="store_true", help="in the animation, show the predicted x0 beside x_t")
+    s.add_argument(
+        "--strip",
+        type=file_name(*IMAGE_SUFFIXES),
+        help=f"also write the denoising as one picture: a row per image of the first batch, {STRIP_COLUMNS} columns "
+        "x_T ... x_0",
+    )
     s.add_argument("--npz", type=file_name(".npz"), help="also write the images (uint8, N x H x W x C) as .npz")
     add_device(s)
     add_sampling(s)
@@ -510,11 +596,14 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--times",
         type=numbers(int, "whole numbers"),
-        help="show forward: the times t shown, comma-separated (default: 0, T/8, ..., T)",
+        help="show forward: the times t shown, comma-separated (default: 0, T/8, ..., T; for --gif 0, T/30, ..., T)",
     )
     v.add_argument("--n", type=at_least(1), default=3, help="show forward: how many images")
     v.add_argument("--seed", type=int, default=0, help="show forward: which images and which noise")
     v.add_argument("--out", type=file_name(*IMAGE_SUFFIXES), help="picture to write (default: WHAT.png)")
+    v.add_argument(
+        "--gif", type=file_name(".gif"), help="show forward: also write q(x_t | x_0) as an animation, t from 0 to T"
+    )
     v.set_defaults(func=cmd_show)
 
     w = command("serve", "a local web page to generate with a trained run and watch the denoising")
@@ -546,8 +635,12 @@ def parser() -> argparse.ArgumentParser:
     add_sampling(e, skip={"n"})
     e.set_defaults(func=cmd_eval)
 
-    c = command("train-classifier", "train the classifier of a dataset for eval (a few CPU minutes)")
-    c.add_argument("--dataset", required=True, help="dataset name (see `pixeldiffusion datasets`)")
+    c = command(
+        "train-classifier",
+        "train the classifier of a dataset for eval (a few CPU minutes), or with --noisy the noisy classifier of a "
+        "diffusion run, for classifier guidance",
+    )
+    c.add_argument("--dataset", help="dataset name (see `pixeldiffusion datasets`); required without --noisy")
     c.add_argument("--data-dir", help="a directory holding the dataset's files")
     c.add_argument("--image-size", type=at_least(1), help="the size of the models' images (default: the dataset's)")
     c.add_argument("--pad", action="store_true", help="pad with black up to --image-size instead of resizing")
@@ -556,9 +649,39 @@ def parser() -> argparse.ArgumentParser:
         type=at_least(1),
         help="passes over the training images (default: enough to see 30,000 images, at least 3: 21 for the digits)",
     )
-    c.add_argument("--out", help="classifier file (default: in the cache, where eval and train look for it)")
+    c.add_argument(
+        "--out",
+        help="classifier file (default: in the cache, where eval and train look for it); with --noisy a folder, "
+        "RUN/classifier unless given, beside the run it guides",
+    )
+    noisy = c.add_argument_group(
+        "noisy classifier",
+        "p(y | x_t, t) on images noised with the run's schedule, for sample --classifier; the run's dataset, image "
+        "size and classes. It stops at the first of --max-steps, --epochs and --minutes given",
+    )
+    noisy.add_argument("--noisy", action="store_true", help="train the noisy classifier of --run")
+    noisy.add_argument("--run", help="the diffusion run (directory) to guide")
+    noisy.add_argument(
+        "--max-steps",
+        type=at_least(1),
+        help="stop after this many optimiser steps (default: 3000 when no stop is given)",
+    )
+    noisy.add_argument("--minutes", type=float, help="or after this much training time")
     add_device(c)
     c.set_defaults(func=cmd_train_classifier)
+
+    a = command("train-autoencoder", "train the autoencoder of latent diffusion (for train --autoencoder)")
+    a.add_argument("--out", required=True, help="the autoencoder's run directory")
+    add_fields(a.add_argument_group("run"), AutoencoderRunConfig, "", only={"seed", "device"})
+    data = a.add_argument_group("data")
+    add_fields(data, DataConfig, "data", only={"dataset", "data_dir", "pad", "hflip", "channels", "image_column"})
+    add_fields(data, AutoencoderRunConfig, "", only={"image_size"})
+    add_fields(a.add_argument_group("autoencoder"), AutoencoderConfig, "model", skip={"in_channels"})
+    optimisation = a.add_argument_group("optimisation")
+    optimised = {"loss", "beta", "batch_size", "lr", "warmup_steps", "lr_decay"}
+    add_fields(optimisation, AutoencoderRunConfig, "", only=optimised)
+    add_fields(a.add_argument_group("run length", TRAIN_GROUPS["length"][1]), LengthConfig, "length")
+    a.set_defaults(func=cmd_train_autoencoder)
 
     i = command("download-inception", "download pytorch-fid's Inception weights into the cache")
     i.set_defaults(func=cmd_download_inception)

@@ -17,6 +17,7 @@ from typing import Any
 
 from pixeldiffusion.data import ImageData, load_dataset
 from pixeldiffusion.errors import ConfigError
+from pixeldiffusion.models.autoencoder import RECONSTRUCTIONS, AutoencoderConfig
 from pixeldiffusion.models.presets import preset
 from pixeldiffusion.models.unet import UNetConfig
 from pixeldiffusion.objectives import check_objective
@@ -260,10 +261,29 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class LatentConfig:
+    """Latent diffusion (Rombach et al. 2022): the U-Net diffuses z = scale_factor * the mean of the autoencoder's
+    posterior q(z | x), and samples are decoded to pixels; without an autoencoder it diffuses the pixels."""
+
+    source: str | None = field(
+        default=None, metadata={"help": "the autoencoder run it came from (a record: checkpoints carry the weights)"}
+    )
+    autoencoder: AutoencoderConfig | None = field(default=None, metadata={"help": "the autoencoder's architecture"})
+    scale_factor: float = field(
+        default=1.0, metadata={"help": "1 / std of the latents of training images (Stable Diffusion's scale factor)"}
+    )
+
+    def __post_init__(self):
+        if not self.scale_factor > 0:
+            raise ConfigError(f"the latent scale factor must be positive, got {self.scale_factor}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = field(default=0, metadata={"help": "seed of the initial weights, the data order and every noise draw"})
     data: DataConfig = field(default_factory=DataConfig)
     model: UNetConfig = field(default_factory=lambda: preset("digits"))
+    latent: LatentConfig = field(default_factory=LatentConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     length: LengthConfig = field(default_factory=LengthConfig)
@@ -271,6 +291,15 @@ class RunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self):
+        if self.latent.autoencoder and self.sample.clip_x0:
+            raise ConfigError("clip_x0 must be off in latent space: latents are not bounded to [-1, 1]")
+
+    @property
+    def pixel_size(self) -> int:
+        """Height and width of the images: the U-Net's, or its latents' times the autoencoder's factor."""
+        return self.model.image_size * (self.latent.autoencoder.factor if self.latent.autoencoder else 1)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -288,6 +317,44 @@ class RunConfig:
             return cls.from_json(Path(path).read_text())
         except OSError as e:
             raise ConfigError(f"cannot read configuration {path}: {e.strerror}") from e
+
+
+@dataclass(frozen=True)
+class AutoencoderRunConfig:
+    """A run of `train-autoencoder`: the first stage of latent diffusion, its data, loss and optimisation."""
+
+    seed: int = field(
+        default=0, metadata={"help": "seed of the initial weights, the held-out images, the data order and the noise"}
+    )
+    data: DataConfig = field(default_factory=DataConfig)
+    image_size: int | None = field(
+        default=None, metadata={"help": "height and width of the images, in pixels (default: the dataset's recipe)"}
+    )
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    loss: str = field(default="l1", metadata={"help": "reconstruction error: l1 or l2"})
+    beta: float = field(default=1e-6, metadata={"help": "weight of the KL term, per image (LDM's kl_weight)"})
+    batch_size: int = field(default=64, metadata={"help": "images per optimiser step"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate of AdamW"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear learning-rate warm-up, in steps"})
+    lr_decay: str = field(
+        default="cosine", metadata={"help": "decay after warm-up, to zero at the end: cosine, linear or constant"}
+    )
+    length: LengthConfig = field(default_factory=LengthConfig)
+    device: str = field(default="auto", metadata={"help": "auto (a GPU when present), cpu, cuda or mps"})
+
+    def __post_init__(self):
+        _choice("reconstruction loss", self.loss, RECONSTRUCTIONS)
+        _choice("lr decay", self.lr_decay, LR_DECAYS)
+        _choice("device", self.device, DEVICES)
+        _at_least(self, 1, "image_size", "batch_size")
+        _at_least(self, 0, "beta", "warmup_steps")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.image_size and self.image_size % self.model.factor:
+            raise ConfigError(f"image size {self.image_size} is not divisible by the factor {self.model.factor}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
 
 
 # Where the fields of the old `train` group went: (group, field), "" meaning RunConfig itself.
@@ -341,15 +408,14 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
         values = migrate(values)
     if not isinstance(values, dict):
         raise ConfigError(f"expected a JSON object for {cls.__name__}, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
     kwargs = {}
     for name, value in values.items():
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind):
+        kind = field_type(cls, name)  # a dataclass also when optional (LatentConfig.autoencoder)
+        if dataclasses.is_dataclass(kind) and value is not None:
             value = from_dict(kind, value)
         elif isinstance(value, list):
             value = tuple(value)

@@ -16,15 +16,17 @@ from pixeldiffusion.checkpoint import write_atomic
 from pixeldiffusion.config import RunConfig, SampleConfig
 from pixeldiffusion.data import to_uint8
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
+from pixeldiffusion.models.classifier import NoisyClassifier, load_noisy_classifier
 from pixeldiffusion.process import Process, resolve_device
 from pixeldiffusion.runtime import use_bf16, use_channels_last
-from pixeldiffusion.sampling import Step, sample_steps, shown_steps
+from pixeldiffusion.sampling import ClassifierGuidance, Step, sample_steps, shown_steps
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.seeding import ImageNoise
 from pixeldiffusion.visualize import (
     as_uint8_numpy,
     auto_scale,
     denoising_pictures,
+    denoising_strip,
     image_grid,
     save_animation,
     save_image,
@@ -56,11 +58,15 @@ class Samples:
         mp4: str | Path | None = None,
         npz: str | Path | None = None,
         show_x0: bool = False,
+        strip: str | Path | None = None,
     ) -> None:
         """Write the grid as PNG, the denoising as an animated GIF and/or MP4 (x_t, optionally beside the
-        predicted x0), and the images as .npz (uint8 (N, H, W, C) under "images", plus "labels" or "context")."""
+        predicted x0) and/or as a strip x_T ... x_0 (a picture), and the images as .npz (uint8 (N, H, W, C) under
+        "images", plus "labels" or "context")."""
         if png:
             save_image(self.grid(), png)
+        if strip:
+            save_image(denoising_strip(self.frames), strip)
         if gif or mp4:
             if not self.frames:
                 raise PixelDiffusionError("no frames were recorded: sample with frames > 0 to write an animation")
@@ -79,7 +85,8 @@ class Samples:
 
 
 class Pipeline:
-    """A network, its noise schedule and its run configuration, ready to sample."""
+    """A network, its noise schedule and its run configuration, ready to sample; for a latent model (Rombach et al.
+    2022) also its autoencoder, whose decoder turns every sample and frame into pixels."""
 
     def __init__(
         self,
@@ -89,9 +96,13 @@ class Pipeline:
         *,
         class_names: tuple[str, ...] = (),
         context_names: tuple[str, ...] = (),
+        autoencoder: nn.Module | None = None,
     ):
+        if (autoencoder is None) != (config.latent.autoencoder is None):
+            raise PixelDiffusionError("a latent model needs its autoencoder, and only a latent model takes one")
         self.model = model.eval()
         self.device = next(model.parameters()).device
+        self.autoencoder = autoencoder.eval().to(self.device) if autoencoder is not None else None
         self.schedule = schedule.to(self.device)
         self.config = config
         self.class_names, self.context_names = tuple(class_names), tuple(context_names)
@@ -113,6 +124,7 @@ class Pipeline:
             found.config,
             class_names=found.class_names,
             context_names=found.context_names,
+            autoencoder=found.autoencoder(),
         )
 
     @classmethod
@@ -154,9 +166,22 @@ class Pipeline:
     def conditioning(self) -> str:
         return self.config.model.conditioning
 
-    def class_index(self, label: int | str) -> int:
-        """A class index from an index or a class name (case-insensitive)."""
-        names = self.class_names or tuple(str(i) for i in range(self.config.model.num_classes))
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Pixels of what the sampler walks: x = D(z / scale_factor) in [-1, 1] for a latent model (clamped: the
+        decoder may overshoot), z itself for a pixel model."""
+        if self.autoencoder is None:
+            return z
+        return self.autoencoder.decode(z / self.config.latent.scale_factor).clamp(-1, 1)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The names of the model's classes (their indices where it has none); () for a model without classes."""
+        return self.class_names or tuple(str(i) for i in range(self.config.model.num_classes))
+
+    def class_index(self, label: int | str, names: tuple[str, ...] | None = None) -> int:
+        """A class index from an index or a class name (case-insensitive), of the model's classes or of `names`."""
+        names = self.classes if names is None else names
         if isinstance(label, str) and not label.isdigit():
             folded = [n.casefold() for n in names]
             if label.casefold() not in folded:
@@ -177,10 +202,7 @@ class Pipeline:
         if kind == "class":
             if context is not None:
                 raise ConfigError("this model is class-conditional: give classes, not a context vector")
-            indices = [self.class_index(x) for x in labels] if labels is not None else []
-            if not indices:
-                indices = [i % self.config.model.num_classes for i in range(n)]
-            return torch.tensor((indices * n)[:n] if len(indices) < n else indices[:n], device=self.device)
+            return self.class_labels(n, labels, self.classes)
         if labels is not None:
             raise ConfigError("this model is context-conditional: give --context values, not classes")
         dim = self.config.model.context_dim
@@ -192,6 +214,26 @@ class Pipeline:
         rows = values.reshape(-1, dim).to(self.device)
         return rows.repeat((n + len(rows) - 1) // len(rows), 1)[:n]
 
+    def class_labels(self, n: int, labels, names: tuple[str, ...]) -> torch.Tensor:
+        """n class indices (n,) of `names`: the given labels (indices or names) repeated, else every class in turn."""
+        indices = [self.class_index(x, names) for x in labels] if labels is not None else []
+        if not indices:
+            indices = [i % len(names) for i in range(n)]
+        return torch.tensor((indices * n)[:n] if len(indices) < n else indices[:n], device=self.device)
+
+    def guiding_classifier(self, classifier, scale: float | None) -> NoisyClassifier | None:
+        """The noisy classifier to guide with (loaded when given as a path), checked to fit this model."""
+        if classifier is None:
+            if scale is not None:
+                raise ConfigError("a classifier scale needs a classifier to guide with (--classifier)")
+            return None
+        if self.conditioning == "context":
+            raise ConfigError("classifier guidance steers towards classes: not for a context-conditional model")
+        if not isinstance(classifier, NoisyClassifier):
+            classifier = load_noisy_classifier(classifier)
+        classifier.check_fits(self.config.model, self.config.diffusion.schedule)
+        return classifier.to(self.device).eval()
+
     def sample(
         self,
         n: int | None = None,
@@ -199,6 +241,8 @@ class Pipeline:
         labels=None,
         context=None,
         per_class: int | None = None,
+        classifier: NoisyClassifier | str | Path | None = None,
+        classifier_scale: float | None = None,
         frames: int = 0,
         processes: Process | None = None,
         progress: bool = False,
@@ -208,21 +252,28 @@ class Pipeline:
         per_class=K makes one row of K images per class; frames=F keeps F evenly spaced denoising frames of the
         first batch; progress shows a progress bar.
 
+        A noisy classifier (or its file, `train-classifier --noisy`) adds classifier guidance at classifier_scale
+        (default 1) towards each image's class: its condition on a class-conditional model (combined with `guidance`),
+        and on an unconditional one `labels` or per_class rows of the classifier's classes, which go to it alone.
+
         Image i starts from, and is denoised with, noise of the stream (seed, i) alone, so its pixels do not depend
         on the batch size, on an out-of-memory split or on the number of processes. With `processes` (a torchrun
         launch; every process must call), each process samples its share of the images and every process returns
         all of them; without it this process samples everything and no collective is entered."""
         cfg: SampleConfig = replace(self.config.sample, **({"n": n} if n else {}), **overrides)
+        classifier = self.guiding_classifier(classifier, classifier_scale)
+        unconditional = classifier is not None and self.conditioning == "none"  # the classes are the classifier's
+        names = classifier.class_names if unconditional else self.classes
         row_labels, nrow = None, min(cfg.n, 8)
         if per_class:
-            if self.conditioning != "class":
-                raise ConfigError("per-class sampling needs a class-conditional model")
-            classes = self.config.model.num_classes
-            labels = [c for c in range(classes) for _ in range(per_class)]
-            cfg = replace(cfg, n=classes * per_class)
+            if not names:
+                raise ConfigError("per-class sampling needs a class-conditional model or a classifier to guide with")
+            labels = [c for c in range(len(names)) for _ in range(per_class)]
+            cfg = replace(cfg, n=len(names) * per_class)
             nrow = per_class
-            row_labels = list(self.class_names) or [str(c) for c in range(classes)]
-        cond = self.conditions(cfg.n, labels, context)
+            row_labels = list(names)
+        cond = self.conditions(cfg.n, None if unconditional else labels, context)
+        y = self.class_labels(cfg.n, labels, names) if unconditional else cond
         mine = processes.share(cfg.n) if processes else range(cfg.n)
         noise = ImageNoise(cfg.seed, mine, self.device)
         network = self.network(cfg)
@@ -231,17 +282,22 @@ class Pipeline:
         recorded: list = []
         parts = []
         my_cond = cond[mine.start : mine.stop] if cond is not None else None
+        scale = 1.0 if classifier_scale is None else classifier_scale
+        guide = ClassifierGuidance(classifier, y[mine.start : mine.stop], scale) if classifier is not None else None
         with tqdm(total=len(batches) * cfg.steps, disable=not progress, unit="step", desc="sample") as bar:
             for start in batches:
                 part = slice(start, start + cfg.batch_size)
                 batch_cond = my_cond[part] if my_cond is not None else None
+                batch_guide = guide[part] if guide is not None else None
                 parts.append(
-                    self._fitting(network, noise[part], batch_cond, cfg, shown if start == 0 else [], recorded, bar)
+                    self._fitting(
+                        network, noise[part], batch_cond, cfg, shown if start == 0 else [], recorded, bar, batch_guide
+                    )
                 )
         images = torch.cat(parts) if parts else torch.empty(0, device=self.device)
         if processes and processes.world_size > 1:  # every process ends with all the images, in index order
             images = torch.cat([x.to(self.device) for x in processes.all_gather(images.cpu())])
-        return Samples(images, cond, row_labels, nrow, recorded)
+        return Samples(images, cond if classifier is None else y, row_labels, nrow, recorded)
 
     def save_preview(self, png: str | Path, *, gif: str | Path | None = None) -> None:
         """The picture of a run: a row of 8 samples per class for a class-conditional model, else the configured n;
@@ -253,17 +309,25 @@ class Pipeline:
             replace(animation, nrow=classes or 8).save(gif=gif)
 
     def generate(self, n: int, *, labels=None, context=None, **overrides) -> Iterator[Step]:
-        """The steps of one batch of n images, to watch the denoising as it happens (the web page); the last step's
-        x holds the same images that `sample` returns for the same settings."""
+        """The steps of one batch of n images, to watch the denoising as it happens (the web page), x and x0 in
+        pixels; the last step's x holds the same images that `sample` returns for the same settings."""
         cfg: SampleConfig = replace(self.config.sample, n=n, **overrides)
         cond = self.conditions(n, labels, context)
-        yield from self.steps(self.network(cfg), ImageNoise(cfg.seed, range(n), self.device), cond, cfg)
+        for step in self.steps(self.network(cfg), ImageNoise(cfg.seed, range(n), self.device), cond, cfg):
+            yield replace(step, x=self.decode(step.x), x0=self.decode(step.x0)) if self.autoencoder else step
 
     def steps(
-        self, network: Callable, noise: ImageNoise, cond: torch.Tensor | None, cfg: SampleConfig
+        self,
+        network: Callable,
+        noise: ImageNoise,
+        cond: torch.Tensor | None,
+        cfg: SampleConfig,
+        classifier_guidance: ClassifierGuidance | None = None,
     ) -> Iterator[Step]:
         """The one sampling loop of a batch: x_T drawn from the images' own streams, then every step of cfg's sampler
         (the last step's x is the batch's images). The web page and `sample` both walk it."""
+        if cfg.clip_x0 and self.autoencoder:
+            raise ConfigError("clip_x0 must be off for a latent model: its latents are not bounded to [-1, 1]")
         c, s = self.config.model.in_channels, self.config.model.image_size
         x_T = noise.randn((c, s, s))
         yield Step(-1, self.schedule.T, self.schedule.T, x_T, torch.zeros_like(x_T))  # before the first step
@@ -277,6 +341,7 @@ class Pipeline:
             steps=cfg.steps,
             spacing=cfg.spacing,
             guidance=cfg.guidance,
+            classifier_guidance=classifier_guidance,
             clip_x0=cfg.clip_x0,
             noise=noise,
             eta=cfg.eta,
@@ -292,21 +357,23 @@ class Pipeline:
         shown: list[int],
         recorded: list,
         bar: tqdm,
+        classifier_guidance: ClassifierGuidance | None = None,
     ) -> torch.Tensor:
         """Sample one batch, or, when that runs out of memory, its two halves (recursively): each image keeps its own
         noise streams, so the images are the same either way. Frames of the `shown` steps go to `recorded`."""
         done = 0
         try:
-            for step in self.steps(network, noise, cond, cfg):
+            for step in self.steps(network, noise, cond, cfg, classifier_guidance):
                 if step.i < 0 and shown:  # x_T, where nothing is predicted yet (shown mid-grey)
-                    recorded.append(
-                        (step.t, to_uint8(step.x).cpu(), torch.full_like(step.x, 128, dtype=torch.uint8).cpu())
-                    )
+                    x_T = self.decode(step.x)
+                    recorded.append((step.t, to_uint8(x_T).cpu(), torch.full_like(x_T, 128, dtype=torch.uint8).cpu()))
                 elif step.i in shown:
-                    recorded.append((step.s, to_uint8(step.x).cpu(), to_uint8(step.x0).cpu()))
+                    recorded.append(
+                        (step.s, to_uint8(self.decode(step.x)).cpu(), to_uint8(self.decode(step.x0)).cpu())
+                    )
                 done += step.i >= 0
                 bar.update(step.i >= 0)
-            return step.x
+            return self.decode(step.x)
         except torch.OutOfMemoryError:
             if len(noise) == 1:
                 raise
@@ -315,6 +382,9 @@ class Pipeline:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         half = len(noise) // 2  # each half restarts its images' streams from their beginning
-        first = self._fitting(network, noise[:half], None if cond is None else cond[:half], cfg, shown, recorded, bar)
-        rest = self._fitting(network, noise[half:], None if cond is None else cond[half:], cfg, [], recorded, bar)
-        return torch.cat([first, rest])
+        halves = []
+        for part, frames in ((slice(None, half), shown), (slice(half, None), [])):
+            part_cond = None if cond is None else cond[part]
+            guide = None if classifier_guidance is None else classifier_guidance[part]
+            halves.append(self._fitting(network, noise[part], part_cond, cfg, frames, recorded, bar, guide))
+        return torch.cat(halves)

@@ -18,9 +18,10 @@ a second-order exponential integrator in lambda = log(1 / sigma).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import torch
@@ -119,6 +120,54 @@ def guided(model: Callable[..., torch.Tensor], cond: torch.Tensor | None, scale:
         return out_null + scale * (out_cond - out_null)
 
     return model_fn
+
+
+@dataclass(frozen=True)
+class ClassifierGuidance:
+    """What classifier guidance needs for a batch: a noisy classifier (x_t, t) -> logits, the class y of each
+    image and the scale s."""
+
+    classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    y: torch.Tensor  # (B,) class indices
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if not (math.isfinite(self.scale) and self.scale >= 0):
+            raise ConfigError(f"the classifier scale must be a finite number >= 0, got {self.scale}")
+
+    def __getitem__(self, part: slice) -> ClassifierGuidance:
+        """The guidance of some of the images (a batch of them)."""
+        return replace(self, y=self.y[part])
+
+
+def classifier_gradient(
+    classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, t: int, y: torch.Tensor
+) -> torch.Tensor:
+    """grad_x log p_phi(y | x_t, t) for each image and its own class: autograd of the sum over the batch, whose
+    terms each depend on one image. Runs under enable_grad, so a caller under no_grad may ask for it."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = classifier(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
+        log_p = logits.log_softmax(dim=1).gather(1, y[:, None]).sum()
+        return torch.autograd.grad(log_p, x)[0]
+
+
+def classifier_guided(denoise: Denoiser, schedule: NoiseSchedule, guidance: ClassifierGuidance) -> Denoiser:
+    """Classifier guidance (Dhariwal & Nichol 2021, Algorithm 2 in eps form, section 4.2) around a denoiser:
+
+    eps_hat = eps - s sqrt(1 - a_bar_t) grad_x log p_phi(y | x_t, t),
+    x0_hat = (x_t - sqrt(1 - a_bar_t) eps_hat) / sqrt(a_bar_t) = x0 + sqrt((1 - a_bar_t) / a_bar_t) (eps - eps_hat),
+    so that both stay consistent with x_t. As in ADM, x0_hat is not clipped again. Every sampler is guided alike.
+    """
+
+    def denoise_guided(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x0, eps = denoise(x, t)
+        a = schedule.alpha_bar[t]
+        shift = guidance.scale * (1 - a).sqrt() * classifier_gradient(guidance.classifier, x, t, guidance.y)
+        # added as a shift, so that s = 0 leaves x0 (clipped or not) bit for bit
+        return x0 + ((1 - a) / a).sqrt() * shift, eps - shift
+
+    return denoise_guided
 
 
 def make_denoiser(
@@ -251,7 +300,6 @@ def nfe(sampler: str, steps: int) -> int:
     return 2 * steps - 1 if sampler == "heun" else steps
 
 
-@torch.inference_mode()
 def sample_steps(
     model: Callable[..., torch.Tensor],
     schedule: NoiseSchedule,
@@ -263,18 +311,24 @@ def sample_steps(
     steps: int = 50,
     spacing: str = "trailing",
     guidance: float = 1.0,
+    classifier_guidance: ClassifierGuidance | None = None,
     clip_x0: bool = True,
     noise: Noise = torch.randn_like,
     **method_params,
 ) -> Iterator[Step]:
     """The steps of a named sampler from x_T over a grid of `steps` steps; method_params go to the samplers that
-    take them (eta for ddim, variance for ddpm) and are ignored by the others."""
+    take them (eta for ddim, variance for ddpm) and are ignored by the others. `guidance` is classifier-free
+    guidance's scale; `classifier_guidance` adds a noisy classifier's gradient on top."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     params = {k: v for k, v in method_params.items() if k in METHOD_PARAMS[sampler]}
     denoise = make_denoiser(guided(model, cond, guidance), schedule, prediction, clip_x0=clip_x0)
+    if classifier_guidance is not None:
+        denoise = classifier_guided(denoise, schedule, classifier_guidance)
     grid = timestep_grid(schedule, steps, spacing)
-    yield from SAMPLERS[sampler](denoise, schedule, x_T, grid, noise=noise, **params)
+    # the classifier's gradient needs autograd, which inference mode refuses even under enable_grad
+    mode = torch.inference_mode() if classifier_guidance is None else torch.no_grad()
+    yield from mode(SAMPLERS[sampler])(denoise, schedule, x_T, grid, noise=noise, **params)
 
 
 def sample(model: Callable[..., torch.Tensor], schedule: NoiseSchedule, x_T: torch.Tensor, **kwargs) -> torch.Tensor:

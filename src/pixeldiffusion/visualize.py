@@ -1,4 +1,5 @@
-"""Pictures: sample grids, the forward process, schedule and training plots, and denoising animations.
+"""Pictures: sample grids, the forward process (a figure or animation frames), schedule and training plots, and the
+denoising (animations and strips).
 
 Grids are drawn with Pillow and plots with matplotlib's object API (no pyplot state, no display); plots are
 rendered to Pillow images, so every picture is saved the same way, by `save_image`. Text is set in DejaVu
@@ -25,10 +26,13 @@ from PIL import Image, ImageDraw, ImageFont
 from pixeldiffusion.checkpoint import write_atomic
 from pixeldiffusion.data import load_dataset, to_model_range, to_uint8
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
+from pixeldiffusion.sampling import shown_steps
 from pixeldiffusion.schedule import NoiseSchedule, ScheduleConfig
 
 LINE = 13  # height of a line of text, in pixels
 FORWARD_COLUMNS = 9  # times shown by `forward_figure` unless told: 0, T/8, ..., T
+FORWARD_FRAMES = 31  # frames of `forward_pictures` unless told: t = 0, T/30, ..., T
+STRIP_COLUMNS = 10  # x_t shown by `denoising_strip`: x_T, then nine steps down to x_0
 VIDEO_BLOCK = 16  # MP4 frames are padded to a multiple of this (the macroblock size players expect)
 IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".gif": "GIF"}
 IMAGE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}  # grids of small images: keep their pixels
@@ -119,6 +123,26 @@ def _short(value: float) -> str:
     return f"{value:.3f}" if value >= 5e-4 else f"{value:.0e}"
 
 
+def _forward_process(
+    images: torch.Tensor, schedules: Sequence[ScheduleConfig], ts: Sequence[int] | None, *, count: int, seed: int
+) -> tuple[list[NoiseSchedule], list[int], torch.Tensor]:
+    """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4) of uint8 images (N, C, H, W) under each
+    schedule at each t of ts (default: `count` times from 0 to T), as uint8 (S, len(ts), N, C, H, W), with the
+    schedules' tables and the times. One noise draw eps (from `seed`) serves every schedule and every t."""
+    if not schedules:
+        raise ConfigError("give at least one schedule")
+    tables = [NoiseSchedule.from_config(config) for config in schedules]
+    if ts is None:
+        ts = [round(i * tables[0].T / (count - 1)) for i in range(count)]
+    for config, table in zip(schedules, tables, strict=True):
+        if outside := [t for t in ts if not 0 <= t <= table.T]:
+            raise ConfigError(f"times must be between 0 and T = {table.T} ({config.kind}), got {outside}")
+    x0 = to_model_range(images)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    x_t = torch.stack([torch.stack([table.q_sample(x0, t, eps) for t in ts]) for table in tables])
+    return tables, list(ts), to_uint8(x_t)  # (S, len(ts), N, C, H, W)
+
+
 def forward_figure(
     images: torch.Tensor,
     schedules: Sequence[ScheduleConfig],
@@ -126,30 +150,20 @@ def forward_figure(
     *,
     seed: int = 0,
 ) -> Image.Image:
-    """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4) for uint8 images (N, C, H, W).
+    """The forward process q(x_t | x_0) of uint8 images (N, C, H, W) as one picture (`_forward_process`).
 
     One block of rows per schedule, labelled with its kind; in a block, one row per image and one column per
     t (default: 0, T/8, ..., T), captioned with t and alpha_bar_t. Every block draws the same noise eps
     (from `seed`), so blocks differ only by their schedule.
     """
-    if not schedules:
-        raise ConfigError("give at least one schedule")
-    tables = [NoiseSchedule.from_config(config) for config in schedules]
-    if ts is None:
-        ts = [round(i * tables[0].T / (FORWARD_COLUMNS - 1)) for i in range(FORWARD_COLUMNS)]
-    for config, table in zip(schedules, tables, strict=True):
-        if outside := [t for t in ts if not 0 <= t <= table.T]:
-            raise ConfigError(f"times must be between 0 and T = {table.T} ({config.kind}), got {outside}")
-    x0 = to_model_range(images)
-    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    tables, ts, x_t = _forward_process(images, schedules, ts, count=FORWARD_COLUMNS, seed=seed)
     n, scale = len(images), auto_scale(images.shape[-1])
     width = max(int(_font().getlength(config.kind)) for config in schedules) + 8
     blocks = []
-    for config, table in zip(schedules, tables, strict=True):
-        x_t = torch.stack([table.q_sample(x0, t, eps) for t in ts], dim=1)  # (N, len(ts), C, H, W)
+    for config, table, x in zip(schedules, tables, x_t, strict=True):
         blocks.append(
             image_grid(
-                to_uint8(x_t.flatten(0, 1)),
+                x.transpose(0, 1).flatten(0, 1),  # a row per image
                 len(ts),
                 scale=scale,
                 row_labels=[config.kind] + [""] * (n - 1),
@@ -160,23 +174,42 @@ def forward_figure(
     return _join(blocks, vertical=True)
 
 
-def dataset_forward_figure(
-    dataset: str,
+def forward_pictures(
+    images: torch.Tensor,
     schedules: Sequence[ScheduleConfig],
     ts: Sequence[int] | None = None,
+    *,
+    seed: int = 0,
+) -> list[Image.Image]:
+    """The forward process q(x_t | x_0) of uint8 images (N, C, H, W) as animation frames (`_forward_process`): one
+    picture per t (default: 31 times from 0 to T), a row of the images per schedule labelled with its kind and
+    alpha_bar_t. Every frame noises with the same eps, so the frames play as one continuous fade."""
+    tables, ts, x_t = _forward_process(images, schedules, ts, count=FORWARD_FRAMES, seed=seed)
+    pairs = list(zip(schedules, tables, strict=True))
+    labels = [[f"{config.kind} ᾱ={_short(float(table.alpha_bar[t]))}" for config, table in pairs] for t in ts]
+    width = max(int(_font().getlength(label)) for row in labels for label in row) + 8  # one size for every frame
+    scale, n = auto_scale(images.shape[-1]), len(images)
+    return [
+        image_grid(x_t[:, k].flatten(0, 1), n, scale=scale, row_labels=row, caption=f"t = {t}", label_width=width)
+        for k, (t, row) in enumerate(zip(ts, labels, strict=True))
+    ]
+
+
+def dataset_images(
+    dataset: str,
     *,
     n: int = 3,
     seed: int = 0,
     data_dir: str | None = None,
     image_size: int | None = None,
     pad: bool = False,
-) -> Image.Image:
-    """`forward_figure` of n images of a dataset's test split at image_size (default: its own; `pad`: padded with
-    black up to it rather than resized), picked at random by `seed`."""
+) -> torch.Tensor:
+    """n uint8 images (N, C, H, W) of a dataset's test split at image_size (default: its own; `pad`: padded with
+    black up to it rather than resized), picked at random by `seed`: what `show forward` noises."""
     padded = image_size if pad else None
     data = load_dataset(dataset, split="test", data_dir=data_dir, image_size=image_size, pad=padded)
     picked = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
-    return forward_figure(data.images[picked], schedules, ts, seed=seed)
+    return data.images[picked]
 
 
 def _render(figure: Figure) -> Image.Image:
@@ -332,6 +365,19 @@ def denoising_pictures(
             picture = _join([picture, image_grid(x0, columns, scale=scale, caption="predicted x₀")], vertical=False)
         pictures.append(picture)
     return pictures
+
+
+def denoising_strip(
+    frames: Sequence[tuple[int, torch.Tensor, torch.Tensor]], columns: int = STRIP_COLUMNS
+) -> Image.Image:
+    """The reverse process x_T ... x_0 in one picture: a row per image and `columns` of the recorded frames
+    (t, x_t, x0) of uint8 images, evenly spaced (`shown_steps`) from x_T to x_0, each column captioned with t."""
+    if not frames:
+        raise PixelDiffusionError("no frames were recorded: sample with frames > 0 to draw the reverse process")
+    picked = [frames[i] for i in shown_steps(len(frames), columns)]
+    x_t = torch.stack([x for _, x, _ in picked], dim=1)  # (N, columns, C, H, W)
+    scale = auto_scale(x_t.shape[-1])
+    return image_grid(x_t.flatten(0, 1), len(picked), scale=scale, col_labels=[f"t={t}" for t, _, _ in picked])
 
 
 def save_image(image: Image.Image, path: str | Path) -> Path:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from pixeldiffusion.errors import PixelDiffusionError
 
 RESIZE_CHUNK = 4096  # images resized at a time
+HOLD_OUT = 6  # one-split datasets: every 6th image (in a seeded order) is kept out of a classifier's training
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,3 +82,23 @@ def pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
         raise PixelDiffusionError(f"cannot pad {h}x{w} images to {size}x{size}")
     top, left = (size - h) // 2, (size - w) // 2
     return F.pad(images, (left, size - w - left, top, size - h - top))
+
+
+def one_split(train: ImageData, test: ImageData) -> bool:
+    """Whether a dataset's test split is its train split (the digits, sprites and folders have one split)."""
+    return len(test) == len(train) and torch.equal(test.images, train.images)
+
+
+def held_out_split(train: ImageData, test: ImageData, seed: int) -> tuple[ImageData, ImageData]:
+    """(train, test) to fit and test a classifier on: the dataset's own splits, or for a dataset with one split
+    every HOLD_OUT-th image of a seeded order held out."""
+    if not one_split(train, test):
+        return train, test
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    held, kept = order[::HOLD_OUT], torch.cat([order[i::HOLD_OUT] for i in range(1, HOLD_OUT)])
+
+    def part(indices: torch.Tensor) -> ImageData:
+        labels = train.labels[indices] if train.labels is not None else None
+        return ImageData(train.name, train.images[indices], labels, class_names=train.class_names)
+
+    return part(kept), part(held)

@@ -7,10 +7,9 @@ import re
 from dataclasses import dataclass, replace
 from functools import cached_property
 
-import torch
-
 from pixeldiffusion.config import DataConfig, RunConfig
 from pixeldiffusion.data import ImageData, load_dataset
+from pixeldiffusion.data.imagedata import one_split
 from pixeldiffusion.errors import PixelDiffusionError
 
 
@@ -24,10 +23,8 @@ class Reference:
 
     @classmethod
     def of_run(cls, config: RunConfig, *, data_dir: str | None = None) -> Reference:
-        """The dataset a run was trained on, at the run's resolution; data_dir overrides the one it recorded."""
-        return cls(
-            config.data if data_dir is None else replace(config.data, data_dir=data_dir), config.model.image_size
-        )
+        """The dataset a run was trained on, at its images' size; data_dir overrides the one it recorded."""
+        return cls(config.data if data_dir is None else replace(config.data, data_dir=data_dir), config.pixel_size)
 
     @classmethod
     def of_dataset(
@@ -51,7 +48,7 @@ class Reference:
 
     @cached_property
     def one_split(self) -> bool:
-        return len(self.held_out) == len(self.train) and torch.equal(self.held_out.images, self.train.images)
+        return one_split(self.train, self.held_out)
 
     @property
     def name(self) -> str:

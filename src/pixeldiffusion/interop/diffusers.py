@@ -127,7 +127,6 @@ def unet_config_from_diffusers(values: dict[str, Any]) -> UNetConfig:
         "mid_block_scale_factor": 1,
         "downsample_type": "conv",
         "upsample_type": "conv",
-        "add_attention": True,
         "class_embed_type": None,
     }
     for key, supported in unsupported.items():
@@ -159,13 +158,14 @@ def unet_config_from_diffusers(values: dict[str, Any]) -> UNetConfig:
         raise refuse(f"attention in up blocks {up} differs from the down blocks {down}")
     head_dim = cfg["attention_head_dim"]
     heads = {c // (head_dim or c) for c, a in zip(channels, attention, strict=True) if a}
-    heads.add(channels[-1] // (head_dim or channels[-1]))
+    if cfg["add_attention"] or not heads:  # the middle block's, or the nominal count of a U-Net without attention
+        heads.add(channels[-1] // (head_dim or channels[-1]))
     if len(heads) > 1:
         raise refuse(f"attention head counts {sorted(heads)} differ between levels (ours has one)")
     scale_shift = cfg["resnet_time_scale_shift"] == "scale_shift"
     if cfg["resnet_time_scale_shift"] not in ("default", "scale_shift"):
         raise refuse(f"resnet_time_scale_shift {cfg['resnet_time_scale_shift']!r}")
-    if cfg["attn_norm_num_groups"] is None and scale_shift:
+    if cfg["attn_norm_num_groups"] is None and scale_shift and cfg["add_attention"]:
         raise refuse("its middle attention has no GroupNorm (set attn_norm_num_groups)")
     if cfg["attn_norm_num_groups"] not in (None, cfg["norm_num_groups"]):
         raise refuse(f"attn_norm_num_groups {cfg['attn_norm_num_groups']} differs from norm_num_groups")
@@ -180,6 +180,7 @@ def unet_config_from_diffusers(values: dict[str, Any]) -> UNetConfig:
             channel_mult=tuple(c // base for c in channels),
             num_res_blocks=cfg["layers_per_block"],
             attention_resolutions=tuple(size // 2**i for i, a in enumerate(attention) if a),
+            middle_attention=cfg["add_attention"],
             attention_heads=heads.pop(),
             norm_groups=cfg["norm_num_groups"],
             injection="scale_shift" if scale_shift else "additive",
@@ -208,10 +209,13 @@ def unet_config_to_diffusers(config: UNetConfig, *, null_class: bool, class_name
         raise refuse("context-vector conditioning (UNet2DModel takes class labels only)")
     if config.stem_kernel != 3:
         raise refuse(f"a {config.stem_kernel}x{config.stem_kernel} stem (UNet2DModel's is 3x3)")
+    if config.activation != "silu":
+        raise refuse(f"the {config.activation} activation (UNet2DModel's time MLP and output are SiLU)")
     channels = [config.base_channels * m for m in config.channel_mult]
     attention = [config.image_size // 2**i in config.attention_resolutions for i in range(len(channels))]
     head_dims = {c // config.attention_heads for c, a in zip(channels, attention, strict=True) if a}
-    head_dims.add(channels[-1] // config.attention_heads)  # the middle block's attention
+    if config.middle_attention or not head_dims:  # the middle block's, or the nominal size without attention
+        head_dims.add(channels[-1] // config.attention_heads)
     if len(head_dims) > 1:
         raise refuse(f"attention head sizes {sorted(head_dims)} differ between levels (UNet2DModel has one)")
     flip_sin_to_cos, freq_shift = next(k for k, v in TIME_EMBEDDINGS.items() if v == config.time_embedding)
@@ -226,6 +230,7 @@ def unet_config_to_diffusers(config: UNetConfig, *, null_class: bool, class_name
         "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attention],
         "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
         "attention_head_dim": head_dims.pop(),
+        "add_attention": config.middle_attention,
         "norm_num_groups": config.norm_groups,
         "attn_norm_num_groups": config.norm_groups,
         "norm_eps": config.norm_eps,
@@ -314,11 +319,12 @@ def module_pairs(config: UNetConfig) -> list[tuple[str, str, str]]:
         ("time_embedding.mlp.0", "time_embedding.linear_1", "plain"),
         ("time_embedding.mlp.2", "time_embedding.linear_2", "plain"),
         ("middle.0", "mid_block.resnets.0", "resnet"),
-        ("middle.1", "mid_block.attentions.0", "attention"),
         ("middle.2", "mid_block.resnets.1", "resnet"),
         ("head.0", "conv_norm_out", "plain"),
         ("head.2", "conv_out", "plain"),
     ]
+    if config.middle_attention:
+        pairs.append(("middle.1", "mid_block.attentions.0", "attention"))
     levels = len(config.channel_mult)
     i = 0
     for level in range(levels):

@@ -17,10 +17,12 @@ from pixeldiffusion.config import DataConfig, DiffusionConfig, RunConfig, Sample
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.interop import diffusers, hub
 from pixeldiffusion.models import UNet
+from pixeldiffusion.models.autoencoder import Autoencoder, AutoencoderConfig
 
 HUB_PREFIX = "hf://"
 REPO_NAME = re.compile(r"[\w.-]+/[\w.-]+(@\S+)?")  # user/repo[@revision]
 UNKNOWN_DATASET = "unknown"  # the dataset of an imported model: diffusers does not record it
+LATENT_NOTE = "a latent diffusion model has no DDPMPipeline counterpart (it would lose its autoencoder)"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Pretrained:
     class_names: tuple[str, ...] = ()
     context_names: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)  # a checkpoint's step and elapsed seconds
+    autoencoder_state: dict[str, torch.Tensor] = field(default_factory=dict)  # a latent model's autoencoder
 
     def network(self) -> UNet:
         """The U-Net with these weights, on the CPU, in eval mode."""
@@ -41,6 +44,23 @@ class Pretrained:
         except RuntimeError as e:
             raise ckpt.CheckpointError(f"the weights do not fit the configuration: {str(e).splitlines()[-1]}") from e
         return model.eval()
+
+    def autoencoder(self) -> Autoencoder | None:
+        """A latent model's autoencoder (on the CPU, in eval mode), None for a pixel-space model."""
+        config = self.config.latent.autoencoder
+        return load_autoencoder(config, self.autoencoder_state) if config else None
+
+
+def load_autoencoder(config: AutoencoderConfig, state_dict: dict[str, torch.Tensor]) -> Autoencoder:
+    """The autoencoder with these weights, on the CPU, in eval mode, without gradients."""
+    model = Autoencoder(config)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise ckpt.CheckpointError(
+            f"the autoencoder's weights do not fit its configuration: {str(e).splitlines()[-1]}"
+        ) from e
+    return model.eval().requires_grad_(False)
 
 
 def local_path(source: str | Path) -> Path:
@@ -86,7 +106,9 @@ def _from_checkpoint(path: Path, weights: str) -> Pretrained:
     if not state:
         raise ckpt.CheckpointError(f"{path} holds no {weights} weights")
     names = {k: tuple(meta.get(k, ())) for k in ("class_names", "context_names")}
-    return Pretrained(config, state, **names, meta={k: meta[k] for k in ("step", "elapsed") if k in meta})
+    autoencoder = ckpt.split_prefix(tensors, "autoencoder")
+    meta = {k: meta[k] for k in ("step", "elapsed") if k in meta}
+    return Pretrained(config, state, **names, meta=meta, autoencoder_state=autoencoder)
 
 
 def _from_diffusers(folder: Path) -> Pretrained:
@@ -106,6 +128,8 @@ def export_diffusers(source: str | Path, out: str | Path) -> Path:
     """Write the model of `source` (anything `read_model` opens; a run's EMA weights) as a DDPMPipeline folder that
     diffusers loads; ConversionError, before writing, for a model that has no UNet2DModel counterpart."""
     found = read_model(source)
+    if found.config.latent.autoencoder:
+        raise diffusers.ConversionError(LATENT_NOTE)
     return diffusers.write_folder(
         out,
         found.network().state_dict(),

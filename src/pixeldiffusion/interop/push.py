@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pixeldiffusion import checkpoint as ckpt
 from pixeldiffusion.interop import diffusers, hub
-from pixeldiffusion.interop.pretrained import Pretrained, read_model
+from pixeldiffusion.interop.pretrained import LATENT_NOTE, Pretrained, read_model
 
 
 def repository_folder(run_dir: str | Path, folder: str | Path, *, repo: str) -> Path:
@@ -28,8 +28,13 @@ def repository_folder(run_dir: str | Path, folder: str | Path, *, repo: str) -> 
     state = found.network().state_dict()
     meta = {"config": json.loads(config.to_json()), **found.meta}
     meta |= {"class_names": list(found.class_names), "context_names": list(found.context_names)}
-    ckpt.save_checkpoint(folder / hub.CHECKPOINT, {f"ema/{k}": v for k, v in state.items()}, meta)
+    tensors = {f"ema/{k}": v for k, v in state.items()} | {
+        f"autoencoder/{k}": v for k, v in found.autoencoder_state.items()
+    }
+    ckpt.save_checkpoint(folder / hub.CHECKPOINT, tensors, meta)
     try:
+        if config.latent.autoencoder:
+            raise diffusers.ConversionError(LATENT_NOTE)
         diffusers.write_folder(
             folder,
             state,
@@ -45,8 +50,13 @@ def repository_folder(run_dir: str | Path, folder: str | Path, *, repo: str) -> 
         diffusers_note = str(e)
     if (run_dir / "samples.png").is_file():
         shutil.copyfile(run_dir / "samples.png", folder / "samples.png")
-    card = model_card(found, last_evaluation(run_dir), repo=repo, samples=(folder / "samples.png").is_file(),
-                      diffusers_note=diffusers_note)  # fmt: skip
+    card = model_card(
+        found,
+        last_evaluation(run_dir),
+        repo=repo,
+        samples=(folder / "samples.png").is_file(),
+        diffusers_note=diffusers_note,
+    )
     (folder / "README.md").write_text(card)
     return folder
 
@@ -87,7 +97,8 @@ def model_card(
         "",
         f"# {repo.split('/')[-1]}",
         "",
-        f"A {conditioning} {model.image_size}x{model.image_size} diffusion model trained with pixeldiffusion on "
+        f"A {conditioning} {config.pixel_size}x{config.pixel_size} {'latent ' * bool(config.latent.autoencoder)}"
+        "diffusion model trained with pixeldiffusion on "
         f"`{config.data.dataset}`: {found.meta.get('step', '?')} steps in {minutes:.1f} minutes, "
         f"{config.diffusion.prediction}-prediction, {schedule.kind} schedule of {schedule.timesteps} steps.",
         "",

@@ -16,14 +16,23 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 class EmbeddingInjection(nn.Module):
     """Conditions feature maps on the embedding: h + W e ("additive"), or norm(h) (1 + scale) + shift
-    ("scale_shift", FiLM as in Dhariwal & Nichol 2021, section 3); the norm is applied here in both cases."""
+    ("scale_shift", FiLM as in Dhariwal & Nichol 2021, section 3); the norm is applied here in both cases.
+    With embed_dim 0 there is no embedding, and only the norm (the autoencoder's blocks)."""
 
-    def __init__(self, embed_dim: int, channels: int, norm: nn.Module, mode: str):
+    def __init__(
+        self, embed_dim: int, channels: int, norm: nn.Module, mode: str, *, activation: type[nn.Module] = nn.SiLU
+    ):
         super().__init__()
         self.mode, self.norm = mode, norm
-        self.proj = nn.Sequential(nn.SiLU(), nn.Linear(embed_dim, channels * (2 if mode == "scale_shift" else 1)))
+        self.proj = (
+            nn.Sequential(activation(), nn.Linear(embed_dim, channels * (2 if mode == "scale_shift" else 1)))
+            if embed_dim
+            else None
+        )
 
-    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        if self.proj is None:
+            return self.norm(h)
         e = self.proj(emb)[:, :, None, None]  # (B, C or 2C, 1, 1)
         if self.mode == "scale_shift":
             scale, shift = e.chunk(2, dim=1)
@@ -32,29 +41,52 @@ class EmbeddingInjection(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """GroupNorm, SiLU, 3x3 conv, time/condition injection, SiLU, dropout, zero-initialised 3x3 conv, skip."""
+    """GroupNorm, activation (SiLU unless told), 3x3 conv, time/condition injection, activation, dropout,
+    zero-initialised 3x3 conv, skip."""
 
-    def __init__(self, c_in: int, c_out: int, embed_dim: int, *, groups: int, dropout: float, injection: str):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        embed_dim: int,
+        *,
+        groups: int,
+        dropout: float,
+        injection: str,
+        activation: type[nn.Module] = nn.SiLU,
+    ):
         super().__init__()
-        self.in_layers = nn.Sequential(nn.GroupNorm(groups, c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
-        self.inject = EmbeddingInjection(embed_dim, c_out, nn.GroupNorm(groups, c_out), injection)
+        self.in_layers = nn.Sequential(nn.GroupNorm(groups, c_in), activation(), nn.Conv2d(c_in, c_out, 3, padding=1))
+        norm = nn.GroupNorm(groups, c_out)
+        self.inject = EmbeddingInjection(embed_dim, c_out, norm, injection, activation=activation)
         self.out_layers = nn.Sequential(
-            nn.SiLU(), nn.Dropout(dropout), zero_init(nn.Conv2d(c_out, c_out, 3, padding=1))
+            activation(), nn.Dropout(dropout), zero_init(nn.Conv2d(c_out, c_out, 3, padding=1))
         )
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.inject(self.in_layers(x), emb)
         return self.skip(x) + self.out_layers(h)
 
 
 class ConvNeXtBlock(nn.Module):
-    """ConvNeXt block (Liu et al. 2022): 7x7 depthwise conv, injection, 1x1 expand x2, GELU, 1x1 project."""
+    """ConvNeXt block (Liu et al. 2022): 7x7 depthwise conv, injection, 1x1 expand x2, GELU, 1x1 project.
+    `activation` is the injection's; the GELU is ConvNeXt's own."""
 
-    def __init__(self, c_in: int, c_out: int, embed_dim: int, *, groups: int, dropout: float, injection: str):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        embed_dim: int,
+        *,
+        groups: int,
+        dropout: float,
+        injection: str,
+        activation: type[nn.Module] = nn.SiLU,
+    ):
         super().__init__()
         self.depthwise = nn.Conv2d(c_in, c_in, 7, padding=3, groups=c_in)
-        self.inject = EmbeddingInjection(embed_dim, c_in, nn.GroupNorm(1, c_in), injection)
+        self.inject = EmbeddingInjection(embed_dim, c_in, nn.GroupNorm(1, c_in), injection, activation=activation)
         self.mlp = nn.Sequential(
             nn.Conv2d(c_in, 2 * c_out, 1),
             nn.GELU(),

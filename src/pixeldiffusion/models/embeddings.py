@@ -44,13 +44,22 @@ class TimeEmbedding(nn.Module):
     """Sinusoidal features of t + offset through a two-layer MLP (DDPM appendix B); offset -1 serves networks
     trained on diffusers' 0-based time."""
 
-    def __init__(self, base_dim: int, embed_dim: int, *, offset: int = 0, layout: str = "adm"):
+    def __init__(
+        self,
+        base_dim: int,
+        embed_dim: int,
+        *,
+        offset: int = 0,
+        layout: str = "adm",
+        activation: type[nn.Module] = nn.SiLU,
+    ):
         super().__init__()
         self.base_dim, self.offset, self.layout = base_dim, offset, layout
-        self.mlp = nn.Sequential(nn.Linear(base_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+        self.mlp = nn.Sequential(nn.Linear(base_dim, embed_dim), activation(), nn.Linear(embed_dim, embed_dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(t + self.offset, self.base_dim, layout=self.layout))
+        features = sinusoidal_embedding(t + self.offset, self.base_dim, layout=self.layout)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))  # float64 features for a float64 network (tests)
 
 
 class ClassEmbedding(nn.Module):
@@ -68,9 +77,9 @@ class ClassEmbedding(nn.Module):
 class ContextEmbedding(nn.Module):
     """A real-valued or multi-hot context vector through an MLP; a NaN row becomes a learned null token."""
 
-    def __init__(self, context_dim: int, embed_dim: int):
+    def __init__(self, context_dim: int, embed_dim: int, *, activation: type[nn.Module] = nn.SiLU):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(context_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+        self.mlp = nn.Sequential(nn.Linear(context_dim, embed_dim), activation(), nn.Linear(embed_dim, embed_dim))
         self.null = nn.Parameter(torch.zeros(embed_dim))
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The noise-prediction U-Net of DDPM (Ho et al. 2020, appendix B), with the later options of ADM
-(Dhariwal & Nichol 2021) and of the seeds: scale-shift conditioning, ConvNeXt blocks, linear attention,
-class labels and context vectors.
+(Dhariwal & Nichol 2021) and of the seeds: scale-shift conditioning, ConvNeXt blocks, linear attention or none,
+a choice of activation, class labels and context vectors.
 
 Every network in pixeldiffusion is called as ``model(x_t, t, cond)``: images (B, C, H, W), integer
 time steps (B,) in {0, ..., T}, and a condition (B,) of class labels or (B, D) of context vectors, or
@@ -27,6 +27,7 @@ from pixeldiffusion.models.blocks import (
 from pixeldiffusion.models.embeddings import ClassEmbedding, ContextEmbedding, TimeEmbedding
 
 BLOCKS = {"resnet": ResBlock, "convnext": ConvNeXtBlock}
+ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "mish": nn.Mish}
 INJECTIONS = ("additive", "scale_shift")
 TIME_EMBEDDINGS = ("adm", "ddpm")
 DOWNSAMPLE_PADDINGS = ("symmetric", "same")
@@ -44,10 +45,14 @@ class UNetConfig:
         default=2, metadata={"help": "blocks per level on the way down (one more on the way up)"}
     )
     attention_resolutions: tuple[int, ...] = field(
-        default=(4,), metadata={"help": "resolutions (pixels) with full self-attention"}
+        default=(4,), metadata={"help": "resolutions (pixels) with full self-attention ('' for none)"}
     )
     linear_attention_resolutions: tuple[int, ...] = field(
         default=(), metadata={"help": "resolutions with linear attention"}
+    )
+    middle_attention: bool = field(
+        default=True,
+        metadata={"help": "self-attention in the middle block; off, with no attention resolutions: no attention"},
     )
     attention_heads: int = field(default=4, metadata={"help": "heads of every attention layer"})
     norm_groups: int = field(default=8, metadata={"help": "GroupNorm groups"})
@@ -57,6 +62,10 @@ class UNetConfig:
         metadata={"help": "how the time/condition embedding enters a block: additive or scale_shift"},
     )
     stem_kernel: int = field(default=3, metadata={"help": "kernel size of the first convolution (seed 002 uses 7)"})
+    activation: str = field(
+        default="silu",
+        metadata={"help": "nonlinearity of the blocks, embedding MLPs and head: silu, gelu, relu or mish"},
+    )
     dropout: float = field(default=0.0, metadata={"help": "dropout probability inside the blocks"})
     num_classes: int = field(default=0, metadata={"help": "> 0: conditioned on class labels 0..num_classes-1"})
     context_dim: int = field(
@@ -81,6 +90,8 @@ class UNetConfig:
             raise ConfigError(f"unknown block {self.block!r}; choose one of {', '.join(BLOCKS)}")
         if self.injection not in INJECTIONS:
             raise ConfigError(f"unknown injection {self.injection!r}; choose one of {', '.join(INJECTIONS)}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         if self.time_embedding not in TIME_EMBEDDINGS:
             raise ConfigError(
                 f"unknown time embedding {self.time_embedding!r}; choose one of {', '.join(TIME_EMBEDDINGS)}"
@@ -122,61 +133,62 @@ class UNetConfig:
         return "class" if self.num_classes else "context" if self.context_dim else "none"
 
 
-class UNet(nn.Module):
-    """A U-Net noise predictor: model(x_t, t, cond) -> prediction shaped like x_t."""
+class UNetEncoder(nn.Module):
+    """The U-Net's way down: the time (and condition) embedding, the stem, the down path and the middle block. The
+    U-Net continues it with the way up; the noisy classifier (`models/classifier.py`) with a pooling head."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = c = config
         ch = c.base_channels
-        embed_dim = 4 * ch
-        self.time_embedding = TimeEmbedding(ch, embed_dim, offset=c.time_offset, layout=c.time_embedding)
+        self.embed_dim = embed_dim = 4 * ch
+        act = ACTIVATIONS[c.activation]
+        self.time_embedding = TimeEmbedding(
+            ch, embed_dim, offset=c.time_offset, layout=c.time_embedding, activation=act
+        )
         self.class_embedding = ClassEmbedding(c.num_classes, embed_dim) if c.num_classes else None
-        self.context_embedding = ContextEmbedding(c.context_dim, embed_dim) if c.context_dim else None
-
-        Block = BLOCKS[c.block]
-
-        def block(c_in: int, c_out: int) -> nn.Module:
-            return Block(c_in, c_out, embed_dim, groups=c.norm_groups, dropout=c.dropout, injection=c.injection)
-
-        def attention(channels: int, resolution: int) -> nn.Module | None:
-            if resolution in c.attention_resolutions:
-                return Attention(channels, heads=c.attention_heads, groups=c.norm_groups)
-            if resolution in c.linear_attention_resolutions:
-                return LinearAttention(channels, heads=c.attention_heads, groups=c.norm_groups)
-            return None
+        self.context_embedding = ContextEmbedding(c.context_dim, embed_dim, activation=act) if c.context_dim else None
 
         self.stem = nn.Conv2d(c.in_channels, ch, c.stem_kernel, padding=c.stem_kernel // 2)
-        self.down, skips, resolution, c_now = nn.ModuleList(), [ch], c.image_size, ch
+        self.down, self.skip_channels, resolution, c_now = nn.ModuleList(), [ch], c.image_size, ch
         for level, mult in enumerate(c.channel_mult):
             for _ in range(c.num_res_blocks):
-                self.down.append(Stage(block(c_now, ch * mult), attention(ch * mult, resolution)))
+                self.down.append(Stage(self.make_block(c_now, ch * mult), self.make_attention(ch * mult, resolution)))
                 c_now = ch * mult
-                skips.append(c_now)
+                self.skip_channels.append(c_now)
             if level < len(c.channel_mult) - 1:
                 self.down.append(Stage(Downsample(c_now, padding=c.downsample_padding)))
-                skips.append(c_now)
+                self.skip_channels.append(c_now)
                 resolution //= 2
 
+        # without the attention an Identity keeps the blocks at middle.0 and middle.2, as checkpoints with it name them
+        attend = Attention(c_now, heads=c.attention_heads, groups=c.norm_groups) if c.middle_attention else None
         self.middle = nn.ModuleList(
-            [block(c_now, c_now), Attention(c_now, heads=c.attention_heads, groups=c.norm_groups), block(c_now, c_now)]
+            [self.make_block(c_now, c_now), attend or nn.Identity(), self.make_block(c_now, c_now)]
+        )
+        self.bottom_channels, self.bottom_resolution = c_now, resolution
+
+    def make_block(self, c_in: int, c_out: int) -> nn.Module:
+        """A block of the configured kind, conditioned on the embedding."""
+        c = self.config
+        return BLOCKS[c.block](
+            c_in,
+            c_out,
+            self.embed_dim,
+            groups=c.norm_groups,
+            dropout=c.dropout,
+            injection=c.injection,
+            activation=ACTIVATIONS[c.activation],
         )
 
-        self.up = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(c.channel_mult))):
-            for i in range(c.num_res_blocks + 1):
-                self.up.append(Stage(block(c_now + skips.pop(), ch * mult), attention(ch * mult, resolution)))
-                c_now = ch * mult
-                if level > 0 and i == c.num_res_blocks:
-                    self.up.append(Stage(Upsample(c_now)))
-                    resolution *= 2
-
-        self.head = nn.Sequential(
-            nn.GroupNorm(c.norm_groups, c_now), nn.SiLU(), zero_init(nn.Conv2d(c_now, c.in_channels, 3, padding=1))
-        )
-        for module in self.modules():
-            if isinstance(module, nn.GroupNorm):
-                module.eps = c.norm_eps
+    def make_attention(self, channels: int, resolution: int) -> nn.Module | None:
+        """The attention layer configured at this resolution, if any."""
+        c = self.config
+        if resolution in c.attention_resolutions:
+            return Attention(channels, heads=c.attention_heads, groups=c.norm_groups)
+        if resolution in c.linear_attention_resolutions:
+            return LinearAttention(channels, heads=c.attention_heads, groups=c.norm_groups)
+        return None
 
     def embed(self, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """The embedding vector that conditions every block: time plus class or context, (B, 4 * base_channels)."""
@@ -188,22 +200,59 @@ class UNet(nn.Module):
             emb = emb + module(cond)
         return emb
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The features after the middle block, and the activations of the way down (the U-Net's skips)."""
         size = self.config.image_size
         if x.shape[1:] != (self.config.in_channels, size, size):
             raise PixelDiffusionError(
                 f"this model takes images of shape {(self.config.in_channels, size, size)}, got {tuple(x.shape[1:])}"
             )
-        emb = self.embed(t, cond)
         h = self.stem(x)
         skips = [h]
         for stage in self.down:
             h = stage(h, emb)
             skips.append(h)
-        h = self.middle[2](self.middle[1](self.middle[0](h, emb)), emb)
+        return self.middle[2](self.middle[1](self.middle[0](h, emb)), emb), skips
+
+
+class UNet(UNetEncoder):
+    """A U-Net noise predictor: model(x_t, t, cond) -> prediction shaped like x_t."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__(config)
+        c, ch = config, config.base_channels
+        skips, resolution, c_now = list(self.skip_channels), self.bottom_resolution, self.bottom_channels
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(c.channel_mult))):
+            for i in range(c.num_res_blocks + 1):
+                self.up.append(
+                    Stage(self.make_block(c_now + skips.pop(), ch * mult), self.make_attention(ch * mult, resolution))
+                )
+                c_now = ch * mult
+                if level > 0 and i == c.num_res_blocks:
+                    self.up.append(Stage(Upsample(c_now)))
+                    resolution *= 2
+
+        self.head = nn.Sequential(
+            nn.GroupNorm(c.norm_groups, c_now),
+            ACTIVATIONS[c.activation](),
+            zero_init(nn.Conv2d(c_now, c.in_channels, 3, padding=1)),
+        )
+        set_norm_eps(self, c.norm_eps)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.embed(t, cond)
+        h, skips = self.encode(x, emb)
         for stage in self.up:
             h = stage(h if stage.resample else torch.cat([h, skips.pop()], dim=1), emb)
         return self.head(h)
+
+
+def set_norm_eps(module: nn.Module, eps: float) -> None:
+    """Give every GroupNorm of a network the configured epsilon (UNetConfig.norm_eps)."""
+    for norm in module.modules():
+        if isinstance(norm, nn.GroupNorm):
+            norm.eps = eps
 
 
 class Stage(nn.Module):

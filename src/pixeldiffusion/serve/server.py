@@ -86,7 +86,7 @@ def model_info(pipe: Pipeline, *, name: str) -> dict[str, Any]:
         "conditioning": pipe.conditioning,
         "classes": list(pipe.class_names) or [str(i) for i in range(model.num_classes)],
         "context_names": list(pipe.context_names) or [f"context {i}" for i in range(model.context_dim)],
-        "image_size": model.image_size,
+        "image_size": pipe.config.pixel_size,
         "timesteps": pipe.schedule.T,
         "limits": limits(pipe),
         "defaults": defaults(pipe),

@@ -22,6 +22,7 @@ from pixeldiffusion.pipeline import Pipeline
 from pixeldiffusion.process import Process, setup, teardown
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.training import rundir
+from pixeldiffusion.training.autoencoder import encode, latent_autoencoder
 from pixeldiffusion.training.clock import RunClock
 from pixeldiffusion.training.state import TrainState
 from pixeldiffusion.training.step import TrainStep
@@ -40,14 +41,20 @@ class Interrupted(PixelDiffusionError):
 
 
 def resolve_config(config: RunConfig, data: ImageData) -> RunConfig:
-    """Fit the model's channels and conditioning to the dataset ("auto" condition: its labels if it has any)."""
+    """Fit the model's channels (a latent model: the latent's) and conditioning to the dataset ("auto" condition: its
+    labels if it has any)."""
     condition = config.data.condition
     if condition == "auto":
         condition = "class" if data.labels is not None else "context" if data.context is not None else "none"
     data.condition(condition)  # raises if the dataset lacks it
+    autoencoder = config.latent.autoencoder
+    if autoencoder and autoencoder.in_channels != data.shape[0]:
+        raise ConfigError(
+            f"the autoencoder takes images of {autoencoder.in_channels} channels, {data.name} has {data.shape[0]}"
+        )
     model = replace(
         config.model,
-        in_channels=data.shape[0],
+        in_channels=autoencoder.latent_channels if autoencoder else data.shape[0],
         num_classes=len(data.class_names) if condition == "class" else 0,
         context_dim=data.context.shape[1] if condition == "context" else 0,
     )
@@ -140,18 +147,32 @@ class Trainer:
         model = (model or UNet(config.model)).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, fused=True)
         self.state = TrainState(model, optimizer, device=device)
-        images = data.images.to(device)
+        images, flipped, self.autoencoder = data.images.to(device), None, None
+        # the dataset encoded once, as posterior means: a sample drawn once would only perturb each image for good
+        if config.latent.autoencoder:
+            self.autoencoder = latent_autoencoder(config, self.run_dir, resume=resume).to(device)
+            scale = config.latent.scale_factor
+            flipped = scale * encode(self.autoencoder, images.flip(-1)) if config.data.hflip else None
+            images = scale * encode(self.autoencoder, images)
         self.train_step = TrainStep(
-            config, self.state, process, images, cond.to(device) if cond is not None else None, self.schedule
+            config,
+            self.state,
+            process,
+            images,
+            cond.to(device) if cond is not None else None,
+            self.schedule,
+            flipped=flipped,
         )
         # loaded after TrainStep has laid the weights out, so that restored optimizer moments take their layout
         if resume and ckpt.list_checkpoints(self.run_dir):  # a run killed before its first checkpoint starts over
             self.state.load(ckpt.latest_checkpoint(self.run_dir))
         minutes = config.length.minutes
         self.clock = RunClock(
-            process, elapsed=self.state.elapsed, budget_s=60 * minutes if minutes else None,
+            process,
+            elapsed=self.state.elapsed,
+            budget_s=60 * minutes if minutes else None,
             agree_every=config.log.log_every,
-        )  # fmt: skip
+        )
         self.callbacks = callbacks
         self.view = RunView(self)
         if len(images) < optim.batch_size and process.is_main:
@@ -165,7 +186,7 @@ class Trainer:
         """The training split; under torchrun the main process reads (and caches) it first, the others after."""
         if not self.process.is_main:
             self.process.barrier()
-        data = config.data.load("train", config.model.image_size)
+        data = config.data.load("train", config.pixel_size)
         if self.process.is_main:
             self.process.barrier()
         return data
@@ -181,12 +202,16 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------
 
     def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict]:
-        return self.state.tensors_and_meta(
+        """The state's tensors and metadata, and a latent run's autoencoder (so that a checkpoint samples alone)."""
+        tensors, meta = self.state.tensors_and_meta(
             self.config,
             world_size=self.process.world_size,
             class_names=list(self.class_names),
             context_names=list(self.context_names),
         )
+        if self.autoencoder is not None:
+            tensors.update({f"autoencoder/{k}": v for k, v in self.autoencoder.state_dict().items()})
+        return tensors, meta
 
     def check_finite(self) -> None:
         """Stop (nonfinite="stop") once a step had a NaN or infinite loss or gradient: one host sync, called at
@@ -214,7 +239,12 @@ class Trainer:
     def pipeline(self) -> Pipeline:
         """The EMA weights ready to sample, with the run's schedule, configuration and class names."""
         return Pipeline(
-            self.state.ema, self.schedule, self.config, class_names=self.class_names, context_names=self.context_names
+            self.state.ema,
+            self.schedule,
+            self.config,
+            class_names=self.class_names,
+            context_names=self.context_names,
+            autoencoder=self.autoencoder,
         )
 
     # -- the loop ----------------------------------------------------------------------------------

@@ -44,9 +44,13 @@ class TrainStep:
         images: torch.Tensor,
         cond: torch.Tensor | None,
         schedule: NoiseSchedule,
+        *,
+        flipped: torch.Tensor | None = None,
     ):
+        """`images`: uint8 pixels, or a latent run's float latents with `flipped`, those of the mirrored images (when
+        hflip), since a mirrored latent is not the latent of the mirrored image."""
         self.config, self.state, self.process, self.schedule = config, state, process, schedule
-        self.images, self.cond = images, cond
+        self.images, self.cond, self.flipped = images, cond, flipped
         optim, runtime, device = config.optim, config.runtime, process.device
         self.total_steps = total_steps(config.length.max_steps, config.length.epochs, len(images), optim.batch_size)
         bf16 = use_bf16(runtime.precision, device)
@@ -75,10 +79,12 @@ class TrainStep:
         eps = torch.randn((B, *self.images.shape[1:]), generator=eps_stream, device=device)
         share = self.process.share(B)
         mine = slice(share.start, share.stop)
-        x0 = to_model_range(self.images[idx[mine]])
+        x0 = self.images[idx[mine]]
+        x0 = to_model_range(x0) if x0.dtype == torch.uint8 else x0  # latents are the model's inputs already
         if self.config.data.hflip:
             flip = torch.rand(B, generator=generator(seed, "flip", step, device=device), device=device) < 0.5
-            x0 = torch.where(flip[mine, None, None, None], x0.flip(-1), x0)
+            mirrored = x0.flip(-1) if self.flipped is None else self.flipped[idx[mine]]
+            x0 = torch.where(flip[mine, None, None, None], mirrored, x0)
         cond = None
         if self.cond is not None:
             cond = self.cond[idx[mine]]
