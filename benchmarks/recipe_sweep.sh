@@ -6,14 +6,17 @@
 # With STEPS=N in the environment each variant trains N steps instead (MINUTES is then ignored), which compares
 # variants that differ in speed at equal work:
 #     STEPS=600 bash benchmarks/recipe_sweep.sh 0 default fp32
+# With DATASET=NAME (and DATA=DIR, or DATA= for a built-in dataset) it sweeps that dataset's recipe instead:
+#     DATASET=emoji DATA= bash benchmarks/recipe_sweep.sh 5 default v-minsnr
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-5}; shift || true
 STEPS=${STEPS:-}
 BUDGET="--minutes $MINUTES"; TAG=${MINUTES}min
 if [[ -n $STEPS ]]; then BUDGET="--max-steps $STEPS"; TAG=${STEPS}steps; fi
-DATA=${DATA:-../shared/data/mnist}
-OUT=benchmarks/results/recipe-sweep-mnist.jsonl
+DATASET=${DATASET:-mnist}
+DATA=${DATA-../shared/data/mnist}
+OUT=benchmarks/results/recipe-sweep-$DATASET.jsonl
 # Flags on top of the recipe (v-prediction with min-SNR weighting since stop 14; the lines named "default" in the
 # results file ran before that, when the recipe was eps-prediction, like [eps] here).
 declare -A VARIANTS=(
@@ -30,10 +33,10 @@ declare -A VARIANTS=(
 )
 for name in "${@:-default v-minsnr lr2e-3 cosine}"; do
   for variant in $name; do
-    run=runs/sweep/ours-$variant-$TAG
+    run=runs/sweep/$DATASET-$variant-$TAG
     rm -rf "$run"
-    python -m pixeldiffusion train --dataset mnist --data-dir "$DATA" $BUDGET --out "$run" ${VARIANTS[$variant]}
-    python -m pixeldiffusion eval --run "$run" --data-dir "$DATA" --n 1000 --sampler dpmpp_2m --steps 20 --precision bf16
+    python -m pixeldiffusion train --dataset "$DATASET" ${DATA:+--data-dir "$DATA"} $BUDGET --out "$run" ${VARIANTS[$variant]}
+    python -m pixeldiffusion eval --run "$run" --n 1000 --sampler dpmpp_2m --steps 20 --precision bf16
     python - "$run" "$variant" "$BUDGET" "${VARIANTS[$variant]}" >> "$OUT" <<'PY'
 import json, sys
 run, variant, budget, flags = sys.argv[1:]
@@ -41,7 +44,8 @@ lines = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
 train = [r for r in lines if "loss" in r][-1]
 kind, amount = budget.split()
 limit = {"minutes": float(amount)} if kind == "--minutes" else {"max_steps": int(amount)}
-print(json.dumps({"variant": variant, "flags": flags, **limit, "steps": train["step"],
+dataset = json.load(open(f"{run}/config.json"))["data"]["dataset"]
+print(json.dumps({"dataset": dataset, "variant": variant, "flags": flags, **limit, "steps": train["step"],
                   "training_minutes": train["elapsed_s"] / 60, "images_per_s": train["images_per_s"],
                   **[r for r in lines if r.get("kind") == "eval"][-1]}))
 PY
