@@ -98,6 +98,9 @@ def train_noisy_classifier(
     return TrainedNoisyClassifier(path, steps, seconds / 60, accuracy, test_set)
 
 
+PROGRESS_EVERY = 50  # steps between updates of the progress bar's loss
+
+
 def fit_noisy_classifier(
     network: NoisyClassifier,
     data: ImageData,
@@ -151,7 +154,7 @@ def fit_noisy_classifier(
             step += 1
             clock.tick(step)
             bar.update(1)
-            if progress:
+            if progress and step % PROGRESS_EVERY == 0:  # .item() waits for the device: not every step
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     if not math.isfinite(loss.item()):
         raise PixelDiffusionError(f"the classifier's loss became NaN or infinite by step {step}; try a lower lr")
