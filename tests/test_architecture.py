@@ -12,7 +12,19 @@ LEVELS = [
     {"training", "evaluation", "serve", "tensorboard"},
     {"pipeline", "visualize"},
     {"config", "recipes", "interop"},
-    {"models", "schedule", "objectives", "sampling", "data", "checkpoint", "process", "runtime", "seeding", "errors"},
+    {
+        "models",
+        "schedule",
+        "objectives",
+        "sampling",
+        "distillation",
+        "data",
+        "checkpoint",
+        "process",
+        "runtime",
+        "seeding",
+        "errors",
+    },
 ]
 
 

@@ -72,6 +72,18 @@ def test_compiled_two_processes_equal_one_eager(runs, tmp_path):
     assert_same_training(runs / "single", tmp_path / "compiled")
 
 
+@pytest.mark.parametrize("method", ["progressive", "consistency"])
+def test_a_distillation_on_two_processes_equals_one(runs, tmp_path, method):
+    """The student's steps (teacher passes, stage change at step 2, the consistency target's second pass through
+    the DDP module) are shared out exactly as training's are."""
+    for processes in (1, 2):
+        args = ["--run", str(runs / "single"), "--method", method, "--steps", "2", "--teacher-steps", "8"]
+        args += ["--max-steps", "4", "--out", str(tmp_path / str(processes)), "--precision", "fp32"]
+        launch(processes, *args, command="distill")
+    assert_same_training(tmp_path / "1", tmp_path / "2")
+    assert final_state(tmp_path / "2")[1]["distill_stage"] == (1 if method == "progressive" else 0)
+
+
 def test_only_the_main_process_writes(runs):
     files = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*"))  # noqa: E731
     assert files(runs / "two") == files(runs / "single")

@@ -29,6 +29,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 import pixeldiffusion.serve.server as server_module
 from conftest import tiny_config
 from pixeldiffusion.cli import parser
+from pixeldiffusion.config import DistillConfig
 from pixeldiffusion.models import UNet
 from pixeldiffusion.pipeline import Pipeline
 from pixeldiffusion.sampling import SAMPLERS
@@ -448,3 +449,28 @@ def test_the_page_offers_the_condition_the_model_takes(browser):
         fill(browser, steps=2, n=2)
         browser.find_element(By.ID, "generate").click()
         WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "download").is_displayed())
+
+
+def test_the_page_of_a_distilled_model_generates_as_you_type(browser):
+    """A distilled run ("live") generates on loading and again at every change, the latest settings winning."""
+    cfg = tiny_config()
+    cfg = replace(
+        cfg,
+        model=replace(cfg.model, num_classes=10),
+        distill=DistillConfig(teacher="runs/teacher"),
+        sample=replace(cfg.sample, steps=2),
+    )
+    pipe = Pipeline(UNet(cfg.model), NoiseSchedule.from_config(cfg.diffusion.schedule), cfg)
+    with serving(pipe) as server:
+        open_page(browser, f"http://127.0.0.1:{server.server_port}/")
+        assert "distilled from runs/teacher" in browser.find_element(By.ID, "model").text
+        status = browser.find_element(By.ID, "status")
+        WebDriverWait(browser, 60).until(lambda b: "(seed 0)" in status.text)  # no click: generated on loading
+        fill(browser, seed=41)  # one change per key typed: 4, then 41 while 4 may still be generating
+        WebDriverWait(browser, 60).until(lambda b: "(seed 41)" in status.text)
+        Select(browser.find_element(By.ID, "label")).select_by_visible_text("3")
+        WebDriverWait(browser, 60).until(lambda b: browser.find_element(By.ID, "download").is_displayed())
+        first = browser.find_element(By.ID, "x_t").get_attribute("src")
+        fill(browser, seed=42)
+        WebDriverWait(browser, 60).until(lambda b: "(seed 42)" in status.text)
+        assert browser.find_element(By.ID, "x_t").get_attribute("src") != first

@@ -11,13 +11,16 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pixeldiffusion.config import (
     AutoencoderRunConfig,
     DataConfig,
+    DistillConfig,
     LengthConfig,
+    OptimConfig,
     RunConfig,
     RuntimeConfig,
     SampleConfig,
@@ -52,6 +55,15 @@ PREFIXES = {"eval": "eval-", "sample": "sample-"}  # train's flags of these grou
 RENAMES = {"diffusion.schedule.kind": "schedule"}  # --schedule, not --kind
 RESUMABLE = ("length", "log", "eval", "runtime")  # what a resumed run may change: its future, not its maths
 RECIPE_FIELDS = {path for recipe in RECIPES.values() for path in recipe}
+DISTILL_STEPS = 4000  # distill's length when no stop condition is given
+
+
+def student_default(path: str, value: Any) -> str:
+    """The default of a `distill` optimisation flag, as `training.distill.student_config` sets it."""
+    from pixeldiffusion.training.distill import EMA_HALFLIFE, LR_FACTOR
+
+    own = {"optim.lr": f"{LR_FACTOR} x the teacher's", "optim.ema_halflife": str(EMA_HALFLIFE)}
+    return own.get(path, "the teacher's")
 
 
 class Parser(argparse.ArgumentParser):
@@ -197,7 +209,7 @@ def refuse_on_resume(args: argparse.Namespace, config: RunConfig) -> None:
         for path, value in given(args).items()
         if path.split(".")[0] not in RESUMABLE and with_fields(config, {path: value}) != config
     ]
-    fixed += [f"--{name}" for name in ("config", "preset", "out", "init", "autoencoder") if getattr(args, name)]
+    fixed += [f"--{name}" for name in ("config", "preset", "out", "init", "autoencoder") if getattr(args, name, None)]
     if fixed:
         raise ConfigError(
             f"{fixed[0]} cannot change on a resumed run (it keeps its model, data, objective and sampling); "
@@ -214,7 +226,6 @@ def show_progress(args: argparse.Namespace, is_main: bool) -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from pixeldiffusion.pipeline import Pipeline
     from pixeldiffusion.training import train
 
     fields = given(args)
@@ -254,6 +265,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         size, side, padded = config.pixel_size, config.model.image_size, " (padded)" * config.data.pad
         latents = f", diffused as {config.model.in_channels}x{side}x{side} latents" * bool(config.latent.autoencoder)
         print(f"{dataset} at {size}x{size} pixels{padded}{latents}; --image-size to change")
+    summary = train(
+        config, run_dir, model=model, resume=bool(args.resume), callbacks=run_callbacks(args, config, run_dir)
+    )
+    report(summary, args, config)
+
+
+def run_callbacks(args: argparse.Namespace, config: RunConfig, run_dir: Path) -> tuple:
+    """The callbacks a training run's flags ask for: evaluation, TensorBoard."""
     callbacks = []
     if config.eval.every:  # fails here, before any training, when the dataset has no classifier to score with
         from pixeldiffusion.evaluation.callback import evaluation_callback
@@ -263,7 +282,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         from pixeldiffusion.tensorboard import tensorboard_logger
 
         callbacks.append(tensorboard_logger(run_dir / "tensorboard"))
-    summary = train(config, run_dir, model=model, resume=bool(args.resume), callbacks=tuple(callbacks))
+    return tuple(callbacks)
+
+
+def report(summary, args: argparse.Namespace, config: RunConfig) -> None:
+    """After a run (on the main process): its preview grid and animation, and where everything is."""
+    from pixeldiffusion.pipeline import Pipeline
+
     if summary is None:
         return
     samples, animation = summary.run_dir / "samples.png", summary.run_dir / "denoising.gif"
@@ -275,8 +300,46 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"  samples        {samples}")
     print(f"  denoising      {animation}")
     if args.log == "tensorboard":
-        print(f"  tensorboard    tensorboard --logdir {run_dir / 'tensorboard'}")
+        print(f"  tensorboard    tensorboard --logdir {summary.run_dir / 'tensorboard'}")
     print(f"sample more with:\n  pixeldiffusion sample --run {summary.run_dir} --n 64 --seed 1 --out samples-1.png")
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from pixeldiffusion.training import train
+    from pixeldiffusion.training.distill import Distiller, student_config, teacher_network
+
+    model = None
+    if args.resume:
+        if args.run or args.out:
+            raise ConfigError(
+                "--resume continues a distillation: its teacher and folder are its own (no --run, --out)"
+            )
+        run_dir = Path(args.resume)
+        config = RunConfig.load(run_dir / "config.json")
+        refuse_on_resume(args, config)
+    else:
+        if not args.run:
+            raise ConfigError("give the teacher to distil, --run RUN (or --resume a distillation)")
+        teacher, model = teacher_network(args.run)
+        distill = with_fields(DistillConfig(), given(args, "distill"))
+        config = replace(student_config(teacher, distill, args.run), length=LengthConfig(max_steps=DISTILL_STEPS))
+        run_dir = Path(args.out or f"{str(args.run).rstrip('/')}-{distill.method}-{distill.steps}")
+        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+            raise PixelDiffusionError(
+                f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out"
+            )
+        what = f"{distill.method} distillation of {args.run} into {distill.steps} step(s)"
+        print(f"{what}, sampled by {config.sample.sampler}; {config.distill.stages} stage(s)")
+    config = apply(config, args)
+    summary = train(
+        config,
+        run_dir,
+        model=model,
+        resume=bool(args.resume),
+        callbacks=run_callbacks(args, config, run_dir),
+        trainer_class=Distiller,
+    )
+    report(summary, args, config)
 
 
 def device(args: argparse.Namespace) -> str:
@@ -546,6 +609,27 @@ def parser() -> argparse.ArgumentParser:
         else:
             add_fields(group, field_type(RunConfig, name), name, default=recipe_default)
     t.set_defaults(func=cmd_train)
+
+    dd = command(
+        "distill",
+        "distil a trained run into a student that samples in 1, 2, 4 or 8 steps (progressive or consistency)",
+    )
+    run = dd.add_argument_group("run")
+    run.add_argument("--run", help="the teacher: a trained run (its EMA weights), checkpoint or pushed repository")
+    run.add_argument("--out", help="the student's run directory (default: RUN-METHOD-STEPS beside the teacher)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a distillation from its latest checkpoint")
+    run.add_argument("--log", choices=("jsonl", "tensorboard"), default="jsonl", help="as train's --log")
+    add_fields(run, RunConfig, "", only={"seed"})
+    distilled = dd.add_argument_group("distillation")
+    add_fields(distilled, DistillConfig, "distill", prefixed=False, skip={"teacher", "teacher_prediction"})
+    optimised = {"batch_size", "grad_accum", "lr", "ema_halflife", "grad_clip", "nonfinite"}
+    add_fields(dd.add_argument_group("optimisation"), OptimConfig, "optim", only=optimised, default=student_default)
+    length_help = f"the first stop condition reached ends the run (default: --max-steps {DISTILL_STEPS})"
+    add_fields(dd.add_argument_group("run length", length_help), LengthConfig, "length", default=lambda p, v: "none")
+    for name in ("log", "runtime", "eval"):
+        title, description = TRAIN_GROUPS[name]
+        add_fields(dd.add_argument_group(title, description), field_type(RunConfig, name), name)
+    dd.set_defaults(func=cmd_distill)
 
     s = command("sample", "generate images from a trained run or checkpoint")
     s.add_argument("--run", help=RUN_HELP)

@@ -218,7 +218,9 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    sampler: str = field(default="ddim", metadata={"help": "ddpm, ddim, dpmpp_2m or heun"})
+    sampler: str = field(
+        default="ddim", metadata={"help": "ddpm, ddim, dpmpp_2m, heun or consistency (a consistency model's)"}
+    )
     steps: int = field(default=50, metadata={"help": "number of network evaluations (grid steps from T to 0)"})
     eta: float = field(
         default=0.0, metadata={"help": "DDIM noise: sigma = eta * sqrt(posterior variance); 0 deterministic"}
@@ -278,6 +280,78 @@ class LatentConfig:
             raise ConfigError(f"the latent scale factor must be positive, got {self.scale_factor}")
 
 
+DISTILLATIONS = ("progressive", "consistency")
+TEACHER_STEPS = {"progressive": 32, "consistency": 16}  # each method's default grid (few stages fit CPU minutes)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """A distilled run (`pixeldiffusion distill`): a student that learns in few steps what its teacher does in many,
+    initialised from the teacher's EMA weights; without a teacher the run is an ordinary diffusion model."""
+
+    teacher: str | None = field(
+        default=None, metadata={"help": "the run the student learns from (a record: checkpoints carry the student)"}
+    )
+    method: str = field(
+        default="progressive",
+        metadata={
+            "help": "progressive (Salimans & Ho 2022: halve the DDIM steps stage by stage) or consistency "
+            "(Song et al. 2023: f(x_t, t) = f(x_s, s) along the teacher's ODE)"
+        },
+    )
+    steps: int = field(default=4, metadata={"help": "the student's network evaluations per image: 1, 2, 4 or 8"})
+    teacher_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "progressive: the teacher's DDIM steps at the first stage, steps times a power of 2 (default "
+            f"{TEACHER_STEPS['progressive']}); consistency: the grid of times the teacher's ODE steps join (default "
+            f"{TEACHER_STEPS['consistency']}, as Song et al.'s 18 on CIFAR-10, a multiple of 8 so that every "
+            "student's grid lies on it)"
+        },
+    )
+    guidance: float = field(
+        default=1.0,
+        metadata={
+            "help": "the teacher's classifier-free guidance, which the student learns in one pass (Meng et al.)"
+        },
+    )
+    teacher_prediction: str | None = field(
+        default=None,
+        metadata={
+            "help": "what the first teacher predicts where the student predicts otherwise (an eps teacher has a v "
+            "student: eps is ill-conditioned at t = T, Salimans & Ho 2022, section 4); none: as the student"
+        },
+    )
+
+    def __post_init__(self):
+        _choice("distillation method", self.method, DISTILLATIONS)
+        if self.teacher_prediction is not None:
+            _choice("teacher prediction", self.teacher_prediction, PREDICTIONS)
+        if self.steps not in (1, 2, 4, 8):
+            raise ConfigError(f"a student samples in 1, 2, 4 or 8 steps, got {self.steps}")
+        n = self.grid_steps
+        ratio = n // self.steps
+        if self.method == "progressive" and (n % self.steps or ratio < 2 or ratio & (ratio - 1)):
+            raise ConfigError(
+                f"progressive distillation halves the steps: teacher_steps must be steps times a power of 2 "
+                f"(at least 2), got {n} for {self.steps}"
+            )
+        if n < 2:
+            raise ConfigError(f"teacher_steps must be at least 2, got {n}")
+        if not (self.guidance >= 0 and self.guidance < float("inf")):
+            raise ConfigError(f"guidance must be a finite number >= 0, got {self.guidance}")
+
+    @property
+    def grid_steps(self) -> int:
+        """The teacher's grid: teacher_steps, or the method's default."""
+        return TEACHER_STEPS[self.method] if self.teacher_steps is None else self.teacher_steps
+
+    @property
+    def stages(self) -> int:
+        """Progressive distillation's stages, teacher_steps -> teacher_steps / 2 -> ... -> steps; consistency's 1."""
+        return (self.grid_steps // self.steps).bit_length() - 1 if self.method == "progressive" else 1
+
+
 @dataclass(frozen=True)
 class RunConfig:
     seed: int = field(default=0, metadata={"help": "seed of the initial weights, the data order and every noise draw"})
@@ -291,6 +365,7 @@ class RunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self):
         if self.latent.autoencoder and self.sample.clip_x0:

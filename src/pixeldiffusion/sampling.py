@@ -32,7 +32,7 @@ from pixeldiffusion.schedule import NoiseSchedule
 
 SPACINGS = ("trailing", "leading", "linspace", "karras")
 KARRAS_RHO = 7.0  # the exponent of Karras et al.'s sigma grid (their eq. 5)
-Denoiser = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+Denoiser = Callable[[torch.Tensor, int | torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Noise = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -177,11 +177,13 @@ def make_denoiser(
     *,
     clip_x0: bool = True,
 ) -> Denoiser:
-    """denoise(x_t, t) -> (x0, eps) from a network's output; with clip_x0, x0 is clipped to [-1, 1] and
-    eps recomputed from it so that both stay consistent with x_t (as in DDPM's sampler)."""
+    """denoise(x_t, t) -> (x0, eps) from a network's output, t one time for the batch or one per image (B,); with
+    clip_x0, x0 is clipped to [-1, 1] and eps recomputed from it so that both stay consistent with x_t (as in DDPM's
+    sampler)."""
 
-    def denoise(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        output = model_fn(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
+    def denoise(x: torch.Tensor, t: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        times = t if isinstance(t, torch.Tensor) else torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        output = model_fn(x, times)
         x0, eps = schedule.x0_eps(x, t, output.to(x.dtype), prediction)
         if clip_x0:
             x0 = x0.clamp(-1, 1)
@@ -291,8 +293,20 @@ def heun(
         yield Step(i, t, s, x, x0)
 
 
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "heun": heun}
-METHOD_PARAMS = {"ddpm": ("variance",), "ddim": ("eta",), "dpmpp_2m": (), "heun": ()}
+def consistency(
+    denoise: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, grid: list[int], *, noise: Noise = torch.randn_like
+) -> Iterator[Step]:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1): x0 = f(x_t, t), then x_s drawn afresh from
+    q(x_s | x0) = N(sqrt(a_bar_s) x0, (1 - a_bar_s) I). One step is f(x_T, T) alone: the sampler of a consistency
+    model (`pixeldiffusion distill --method consistency`), where f is the network's x0 prediction."""
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
+        x0, _ = denoise(x, t)
+        x = x0 if s == 0 else schedule.q_sample(x0, s, noise(x))
+        yield Step(i, t, s, x, x0)
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "heun": heun, "consistency": consistency}
+METHOD_PARAMS = {"ddpm": ("variance",), "ddim": ("eta",), "dpmpp_2m": (), "heun": (), "consistency": ()}
 
 
 def nfe(sampler: str, steps: int) -> int:

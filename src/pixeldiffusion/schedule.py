@@ -63,14 +63,14 @@ def make_betas(config: ScheduleConfig) -> torch.Tensor:
     return (1 - f[1:] / f[:-1]).clamp(max=0.999)
 
 
-def _like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def broadcast_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A float64 value per batch item (B,) or a scalar, shaped to broadcast against `like` and in its dtype."""
     return value.reshape(value.shape + (1,) * (like.ndim - value.ndim)).to(like.dtype)
 
 
 def _at(table: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
     """table[t], shaped to broadcast against `like` (t is a scalar or one timestep per batch item)."""
-    return _like(table[t], like)
+    return broadcast_like(table[t], like)
 
 
 class NoiseSchedule:
@@ -128,9 +128,9 @@ class NoiseSchedule:
         a_t, a_s = self.alpha_bar[t], self.alpha_bar[s]
         alpha_ts = a_t / a_s
         beta_ts = 1 - alpha_ts
-        coef_x0 = _like(a_s.sqrt() * beta_ts / (1 - a_t), x_t)
-        coef_x_t = _like(alpha_ts.sqrt() * (1 - a_s) / (1 - a_t), x_t)
-        return coef_x0 * x0 + coef_x_t * x_t, _like((1 - a_s) / (1 - a_t) * beta_ts, x_t)
+        coef_x0 = broadcast_like(a_s.sqrt() * beta_ts / (1 - a_t), x_t)
+        coef_x_t = broadcast_like(alpha_ts.sqrt() * (1 - a_s) / (1 - a_t), x_t)
+        return coef_x0 * x0 + coef_x_t * x_t, broadcast_like((1 - a_s) / (1 - a_t) * beta_ts, x_t)
 
     # Conversions between what a network may predict (eps, x0 or v) and the clean image / noise.
 

@@ -47,7 +47,8 @@ def best_distance(path: Path) -> float:
 
 
 def evaluation_callback(config: RunConfig) -> Callable[[RunView], None]:
-    """A training callback evaluating config.eval.samples samples (FAST sampler, the run's guidance and seed)
+    """A training callback evaluating config.eval.samples samples (FAST sampler, a distilled run's own; the run's
+    guidance and seed)
     every config.eval.every steps, on the main process only, which samples alone (no collective: the others
     wait for it in the next step's gradient exchange). Fails now, before any training, when the
     dataset's classifier is missing, with the command that trains it."""
@@ -71,7 +72,8 @@ def evaluation_callback(config: RunConfig) -> Callable[[RunView], None]:
         start = time.perf_counter()
         classifier.network.to(run.process.device)
         pipe = run.pipeline()
-        sampling = replace(pipe.config.sample, n=samples, **FAST)
+        # a distilled run at its own few steps and sampler, what it is for
+        sampling = replace(pipe.config.sample, n=samples, **({} if config.distill.teacher else FAST))
         evaluation = sample_and_score(pipe, sampling, reference=reference, extractor=classifier, classifier=classifier)
         sampling = sampling_settings(sampling)
         record = log_evaluation(run.run_dir, evaluation, step=run.step, elapsed=run.elapsed, sampling=sampling)

@@ -90,6 +90,9 @@ def model_info(pipe: Pipeline, *, name: str) -> dict[str, Any]:
         "timesteps": pipe.schedule.T,
         "limits": limits(pipe),
         "defaults": defaults(pipe),
+        # a distilled run samples in a few network evaluations: the page regenerates as its fields change
+        "live": pipe.config.distill.teacher is not None,
+        "distilled_from": pipe.config.distill.teacher,
     }
 
 

@@ -118,6 +118,8 @@ class Trainer:
     callback(view) after every step, on every process.
     """
 
+    command = "train"  # the command that resumes a run
+
     def __init__(
         self,
         config: RunConfig,
@@ -154,18 +156,10 @@ class Trainer:
             scale = config.latent.scale_factor
             flipped = scale * encode(self.autoencoder, images.flip(-1)) if config.data.hflip else None
             images = scale * encode(self.autoencoder, images)
-        self.train_step = TrainStep(
-            config,
-            self.state,
-            process,
-            images,
-            cond.to(device) if cond is not None else None,
-            self.schedule,
-            flipped=flipped,
-        )
+        self.train_step = self.make_step(images, cond.to(device) if cond is not None else None, flipped)
         # loaded after TrainStep has laid the weights out, so that restored optimizer moments take their layout
         if resume and ckpt.list_checkpoints(self.run_dir):  # a run killed before its first checkpoint starts over
-            self.state.load(ckpt.latest_checkpoint(self.run_dir))
+            self.restore(ckpt.latest_checkpoint(self.run_dir))
         minutes = config.length.minutes
         self.clock = RunClock(
             process,
@@ -181,6 +175,14 @@ class Trainer:
                 "each batch holds every image more than once"
             )
         self._saved_step = -1
+
+    def make_step(self, images: torch.Tensor, cond: torch.Tensor | None, flipped: torch.Tensor | None) -> TrainStep:
+        """The run's optimiser step (a distillation run has its own)."""
+        return TrainStep(self.config, self.state, self.process, images, cond, self.schedule, flipped=flipped)
+
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint: everything `checkpoint` wrote that decides the run's future."""
+        self.state.load(path)
 
     def _load_data(self, config: RunConfig) -> ImageData:
         """The training split; under torchrun the main process reads (and caches) it first, the others after."""
@@ -308,7 +310,7 @@ class Trainer:
             name = signal.Signals(self.clock.stop_signal).name
             raise Interrupted(
                 f"stopped by {name} at step {self.state.step}; checkpoint saved, resume with "
-                f"`pixeldiffusion train --resume {self.run_dir}`",
+                f"`pixeldiffusion {self.command} --resume {self.run_dir}`",
                 self.clock.stop_signal,
             )
         return ckpt.latest_checkpoint(self.run_dir) if main else None
@@ -331,14 +333,16 @@ def train(
     resume: bool = False,
     model: nn.Module | None = None,
     callbacks: tuple[Callback, ...] = (),
+    trainer_class: type[Trainer] = Trainer,
 ) -> RunSummary | None:
     """Train a run to its end (every process of a torchrun launch calls it) and leave the process group. Returns
     None on processes other than the main one. Evaluation during training is a callback:
-    `callbacks=(evaluation.callback.evaluation_callback(config),)`, as `pixeldiffusion train --eval-every` does."""
+    `callbacks=(evaluation.callback.evaluation_callback(config),)`, as `pixeldiffusion train --eval-every` does.
+    A distillation run passes its own `trainer_class`."""
     run_dir = Path(run_dir)
     process = setup(config.runtime.device)
     with rundir.locked(run_dir) if process.is_main else contextlib.nullcontext():
-        trainer = Trainer(config, run_dir, model=model, resume=resume, callbacks=callbacks)
+        trainer = trainer_class(config, run_dir, model=model, resume=resume, callbacks=callbacks)
         try:
             final = trainer.run()
         except Interrupted:  # every process stops at the same step: they can leave together

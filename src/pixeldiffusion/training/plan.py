@@ -47,13 +47,21 @@ def learning_rate(
     elapsed: float = 0.0,
     budget_s: float | None = None,
 ) -> float:
-    """Linear warm-up over warmup_steps, then cosine, linear or no decay to zero at the end of the run, whose
-    progress is the larger of step / total_steps and elapsed / budget_s (a time budget)."""
-    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-    progress = step / total_steps if total_steps else 0.0
+    """Linear warm-up over warmup_steps, then cosine, linear or no decay to zero at the end of the run (`progress`)."""
+    return decayed_rate(lr, step, warmup_steps, decay, progress(step, total_steps, elapsed, budget_s))
+
+
+def progress(step: int, total_steps: int | None, elapsed: float = 0.0, budget_s: float | None = None) -> float:
+    """How far a run is, from 0 to 1: the larger of step / total_steps and elapsed / budget_s (a time budget)."""
+    done = step / total_steps if total_steps else 0.0
     if budget_s:
-        progress = max(progress, elapsed / budget_s)
-    progress = min(progress, 1.0)
+        done = max(done, elapsed / budget_s)
+    return min(done, 1.0)
+
+
+def decayed_rate(lr: float, step: int, warmup_steps: int, decay: str, progress: float) -> float:
+    """lr after a linear warm-up over warmup_steps and a cosine, linear or no decay to zero at progress 1."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
     shape = {"cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1 - progress, "constant": 1.0}
     return lr * warm * shape[decay]
 

@@ -1,9 +1,12 @@
 // The page of `pixeldiffusion serve`: builds the form from /api/model, posts it to /api/generate and shows
-// the stream of JSON lines that comes back (frames of the denoising, then the finished PNG).
+// the stream of JSON lines that comes back (frames of the denoising, then the finished PNG). For a distilled
+// model ("live"), every change of a field generates again, as you type.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let model = null;
+let running = false; // a generation is streaming
+let again = false; // a field changed while it was: generate once more when it ends
 
 async function loadModel() {
   const response = await fetch("/api/model");
@@ -30,6 +33,19 @@ async function loadModel() {
   }
   for (const field of ["sampler", "steps", "guidance", "seed", "n"]) $(field).value = model.defaults[field];
   $("generate").disabled = false;
+  if (model.live) {
+    $("model").textContent += ` (distilled from ${model.distilled_from}: the images follow your changes)`;
+    for (const id of ["label", "context", "sampler", "steps", "guidance", "seed", "n"]) {
+      $(id).addEventListener("input", regenerate);
+    }
+    regenerate();
+  }
+}
+
+// Live models: generate now, or right after the generation under way (the latest settings win).
+function regenerate() {
+  if (running) again = true;
+  else generate();
 }
 
 // A number input's value, or null when it does not hold a number (the server then says what it expects).
@@ -86,7 +102,9 @@ function showResult(result) {
 }
 
 async function generate(event) {
-  event.preventDefault();
+  event?.preventDefault();
+  running = true;
+  again = false;
   showError(null);
   $("generate").disabled = true;
   $("download").hidden = true;
@@ -118,11 +136,14 @@ async function generate(event) {
     $("status").textContent = "";
   } finally {
     $("generate").disabled = false;
+    running = false;
+    if (again) generate();
   }
 }
 
 $("controls").addEventListener("submit", generate);
 $("random-seed").addEventListener("click", () => {
   $("seed").value = Math.floor(Math.random() * (model.limits.seed[1] + 1));
+  if (model.live) regenerate();
 });
 loadModel().catch((error) => showError(`cannot load the model: ${error.message}`));
