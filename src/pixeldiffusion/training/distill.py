@@ -65,7 +65,6 @@ class DistillStep(TrainStep):
         # the teacher of stage 0 is the student's starting point; a resumed run then loads its own
         self.teacher = copy.deepcopy(self.state.ema).eval().requires_grad_(False)
         T, device = self.schedule.T, self.process.device
-        self.starts = torch.zeros(0, dtype=torch.long, device=device)  # the times a student step starts from
         self.next_time = torch.zeros(T + 1, dtype=torch.long, device=device)  # the teacher grid's next time
         self.set_stage(0)
 
