@@ -85,6 +85,6 @@ def consistency_loss(
     with torch.no_grad():
         x_s = ddim_step(teacher, schedule, x_t, t, s)
         target = torch.where(broadcast_like(s, x_t) > 0, student(x_s, s.clamp(min=1)), x_s)
-    sigma = ((1 - schedule.alpha_bar) / schedule.alpha_bar).sqrt()
-    weight = 1 / (sigma[t] - sigma[s])
+    sigma_t, sigma_s = schedule.snr(t).rsqrt(), schedule.snr(s).rsqrt()  # sigma = sqrt((1 - a_bar) / a_bar)
+    weight = 1 / (sigma_t - sigma_s)
     return pseudo_huber(student(x_t, t).float(), target.float()) * weight.float()

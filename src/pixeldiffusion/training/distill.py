@@ -20,6 +20,7 @@ from pixeldiffusion import checkpoint as ckpt
 from pixeldiffusion.config import DistillConfig, EvalConfig, RunConfig
 from pixeldiffusion.distillation import consistency_loss, progressive_loss
 from pixeldiffusion.errors import ConfigError
+from pixeldiffusion.interop.pretrained import read_model
 from pixeldiffusion.sampling import guided, make_denoiser, timestep_grid
 from pixeldiffusion.seeding import generator
 from pixeldiffusion.training.loop import Trainer
@@ -181,7 +182,5 @@ class Distiller(Trainer):
 
 def teacher_network(source: str | Path) -> tuple[RunConfig, nn.Module]:
     """A teacher's configuration and EMA network (the student's starting weights), from anything `read_model` opens."""
-    from pixeldiffusion.interop.pretrained import read_model
-
     found = read_model(source)
     return found.config, found.network().train()
