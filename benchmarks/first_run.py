@@ -14,6 +14,8 @@ import argparse
 import json
 import time
 
+import torch
+
 from pixeldiffusion.data import to_model_range, to_uint8
 from pixeldiffusion.evaluation.classifier import classifier_for
 from pixeldiffusion.evaluation.metrics import class_coverage
@@ -33,7 +35,8 @@ def main() -> None:
     samples = pipe.sample(args.n, seed=args.seed)
     seconds = time.perf_counter() - start
     images = to_model_range(to_uint8(samples.images)).to(pipe.device)
-    probabilities = judge.logits(images).softmax(1).cpu()
+    with torch.no_grad():
+        probabilities = judge.logits(images).softmax(1).cpu()
     confidence, predicted = probabilities.max(1)
     entropy, present = class_coverage(predicted, probabilities.shape[1])
     record = {

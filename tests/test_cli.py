@@ -104,7 +104,7 @@ def test_flags_override_the_recipe():
         (["--minutes", "5"], (None, None, 5.0)),
         (["--minutes", "5", "--max-steps", "10"], (10, None, 5.0)),
         (["--epochs", "2"], (None, 2.0, None)),
-        ([], (2000, None, None)),
+        ([], (1000, None, None)),
     ],
 )
 def test_stop_conditions_given_replace_the_recipes(flags, length):

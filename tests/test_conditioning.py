@@ -40,7 +40,8 @@ def test_guidance_one_is_conditional_and_zero_is_unconditional_bit_for_bit(pipe,
         """The sampler called on the bare network with a fixed condition: no guidance code involved."""
         noise = ImageNoise(0, range(6))  # the pipeline's streams for seed 0
         x_T = noise.randn((1, 16, 16))
-        denoise = make_denoiser(lambda x, t: pipe.model(x, t, cond), pipe.schedule, "eps")
+        prediction = pipe.config.diffusion.prediction
+        denoise = make_denoiser(lambda x, t: pipe.model(x, t, cond), pipe.schedule, prediction)
         fn, params = (ddim, {"eta": 0.5}) if sampler == "ddim" else (ddpm, {})
         with torch.inference_mode():
             *_, last = fn(denoise, pipe.schedule, x_T, timestep_grid(pipe.schedule, 5), noise=noise, **params)

@@ -26,7 +26,9 @@ def test_the_mnist_recipes_are_the_measured_ones():
         )
         assert (config.sample.sampler, config.sample.steps) == ("ddpm", 50)
     assert default_config("fashion-mnist").data.hflip and not default_config("mnist").data.hflip
-    assert default_config("digits").diffusion.prediction == "eps" and default_config("digits").optim.batch_size == 64
+    digits = default_config("digits")  # the first run: v with min-SNR, 1,000 steps of 64
+    assert (digits.diffusion.prediction, digits.diffusion.weighting) == ("v", "min_snr")
+    assert (digits.optim.batch_size, digits.length.max_steps) == (64, 1000)
     assert exported is default_config
 
 

@@ -320,8 +320,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
     else:
         if not args.run:
             raise ConfigError("give the teacher to distil, --run RUN (or --resume a distillation)")
+        distill = with_fields(DistillConfig(), given(args, "distill"))  # a bad flag fails before a large teacher loads
         teacher, model = teacher_network(args.run)
-        distill = with_fields(DistillConfig(), given(args, "distill"))
         config = replace(student_config(teacher, distill, args.run), length=LengthConfig(max_steps=DISTILL_STEPS))
         run_dir = Path(args.out or f"{str(args.run).rstrip('/')}-{distill.method}-{distill.steps}")
         if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
