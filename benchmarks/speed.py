@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from pixeldiffusion.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig
@@ -278,6 +280,45 @@ def interleaved(work: dict[str, Callable[[], object]], *, rounds: int, repeats: 
     return {"seconds": seconds, "others_cpu": others_cpu(start, cpu_snapshot())}
 
 
+# the operators (eager: aten's; compiled: inductor's kernels, named by enable_kernel_profile) by what they do; the
+# first match wins, so a kernel fusing a convolution's epilogue into a GroupNorm counts as a convolution
+OPERATOR_KINDS = {
+    "conv_gemm": re.compile(r"conv|(^|[:_])(add|b|baddb)?mm\b|matmul|linear|scaled_dot_product|attention|gemm"),
+    "norm_act": re.compile(r"norm|silu|sigmoid|gelu|swish|mish"),
+}
+
+
+def operator_kind(name: str) -> str:
+    """Which share of a step an operator's own time belongs to: conv_gemm, norm_act or other."""
+    return next((kind for kind, pattern in OPERATOR_KINDS.items() if pattern.search(name)), "other")
+
+
+def breakdown(work: Callable[[], object], *, repeats: int, device: torch.device) -> dict:
+    """Where a unit of work spends its time: the profiler's self time of every operator over `repeats` runs (after
+    one untimed), summed by `operator_kind`, as shares of the profiled total (the profiler's overhead falls on all
+    alike), with the names of the five largest operators of each kind."""
+    work()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(repeats):
+            work()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    attribute = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    seconds: dict[str, dict[str, float]] = {kind: {} for kind in (*OPERATOR_KINDS, "other")}
+    for event in prof.key_averages():
+        if (spent := getattr(event, attribute)) > 0:
+            seconds[operator_kind(event.key)][event.key] = spent / 1e6 / repeats
+    total = sum(sum(ops.values()) for ops in seconds.values())
+    return {
+        kind: {
+            "share": sum(ops.values()) / total if total else 0.0,
+            "top": {k: round(v, 6) for k, v in sorted(ops.items(), key=lambda kv: -kv[1])[:5]},
+        }
+        for kind, ops in seconds.items()
+    }
+
+
 def peak_flops(device: torch.device, size: int, repeats: int, max_load: float) -> dict:
     """The machine's matmul FLOP/s in fp32 and bf16: the best of several size x size products."""
     result = {"matmul_size": size}
@@ -340,11 +381,15 @@ def measure(case: Case, repeats: int, flops_per_image: int, peak: dict, args: ar
     gc.collect()
     timing["load"]["idle_wait"] = "skipped" if args.no_wait else "idle" if idle else "timed out"
     flop_per_s = flops_per_image * case.batch / timing["median_s"]
+    split = breakdown(make_work(case), repeats=max(1, repeats // 2), device=device) if args.breakdown else None
+    if split:  # each kind's share of the profiled time, in seconds of the timed median
+        split = {kind: {**part, "s": part["share"] * timing["median_s"]} for kind, part in split.items()}
     return {
         "images_per_s": case.batch / timing["median_s"],
         "flop_per_s": flop_per_s,
         "peak_share": flop_per_s / peak[case.precision]["flop_per_s"],
         **timing,
+        "breakdown": split,
         "memory": peak_memory(case) if args.memory else None,
     }
 
@@ -387,6 +432,7 @@ def bench_size(name: str, args: argparse.Namespace, device: torch.device, peak: 
                     f"{name} {task} {precision}{' compiled' if compiled else ''}: "
                     f"{ours['images_per_s']:.1f} / {theirs['images_per_s']:.1f} img/s (diffusers), "
                     f"ratio {row['ratio']['images_per_s']:.2f}{'  VOID: the machine was busy' if row['void'] else ''}"
+                    + "".join(f"; ours {k} {v['s'] * 1e3:.0f} ms" for k, v in (ours["breakdown"] or {}).items())
                 )
                 rows.append(row)
     return {
@@ -452,6 +498,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-load", type=float, default=0.2, help="cores other processes may use (default 0.2)")
     parser.add_argument("--wait-timeout", type=float, default=900, help="seconds to wait for idle (default 900)")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="peak memory probes")
+    parser.add_argument(
+        "--breakdown",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="profile each case: its time in convolutions/GEMMs, normalisation/activations and the rest",
+    )
     parser.add_argument(
         "--compile",
         default="auto",

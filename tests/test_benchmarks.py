@@ -45,6 +45,19 @@ def test_speed_benchmark_reports_every_row_for_matched_models(tmp_path, monkeypa
             )
             assert {"loadavg_before", "loadavg_after", "others_cpu", "idle_wait"} <= set(measured["load"])
             assert isinstance(measured["void"], bool)
+            split = measured["breakdown"]
+            assert set(split) == {"conv_gemm", "norm_act", "other"}
+            assert abs(sum(part["share"] for part in split.values()) - 1) < 1e-6
+            assert split["conv_gemm"]["share"] > 0 and split["norm_act"]["share"] > 0, split
+            assert "aten::mkldnn_convolution" in split["conv_gemm"]["top"], split
+
+    kinds = {name: speed.operator_kind(name) for name in (
+        "aten::convolution_backward", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "mkldnn::_convolution_pointwise", "aten::native_group_norm_backward", "aten::silu",
+        "cpp_fused_native_group_norm_silu_7", "aten::add_", "aten::_fused_adamw_", "aten::copy_", "aten::sum",
+    )}  # fmt: skip
+    assert [name for name, kind in kinds.items() if kind == "conv_gemm"] == list(kinds)[:5]
+    assert [name for name, kind in kinds.items() if kind == "norm_act"] == list(kinds)[5:8]
 
     probe = speed.memory_probe(speed.Case("tiny", "diffusers", "train", "fp32", False, 2, "cpu"))
     assert set(probe) == {"peak_mib", "above_setup_mib"}
