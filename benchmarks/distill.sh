@@ -5,13 +5,16 @@
 # Run one at a time on an idle machine:
 #     bash benchmarks/distill.sh TEACHER_RUN MINUTES N [DATA_DIR]
 #     bash benchmarks/distill.sh runs/mnist 15 10000 ../shared/data/mnist
-# Progressive students are trained per step count (STEPS, default "4 1"); the one consistency student samples at
-# every step count of CONSISTENCY_STEPS (default "1 2 4 8").
+# Progressive students are trained per step count (STEPS, default "4 1"; TEACHER_STEPS=N sets their teacher grid);
+# the one consistency student samples at every step count of CONSISTENCY_STEPS (default "1 2 4 8", "" for no
+# consistency student); TEACHER_SCORE=0 skips scoring the teacher. The 30-minute row of the README:
+#     STEPS=4 TEACHER_STEPS=8 CONSISTENCY_STEPS= TEACHER_SCORE=0 bash benchmarks/distill.sh /work/runs/mnist-30 30 10000 DATA
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TEACHER=$1; MINUTES=$2; N=$3; DATA=${4:+--data-dir $4}
 STEPS=${STEPS:-4 1}
-CONSISTENCY_STEPS=${CONSISTENCY_STEPS:-1 2 4 8}
+CONSISTENCY_STEPS=${CONSISTENCY_STEPS-1 2 4 8}
+GRID=${TEACHER_STEPS:+--teacher-steps $TEACHER_STEPS}
 OUT=benchmarks/results/distill-$(date +%F).jsonl
 RUNS=runs/distill/$(basename "$TEACHER")
 mkdir -p "$RUNS"
@@ -38,6 +41,7 @@ rate = 1000 / (time.perf_counter() - start)
 distill = pipe.config.distill
 print(json.dumps({
     "model": label, "teacher": distill.teacher, "method": distill.method if distill.teacher else None,
+    "teacher_steps": distill.grid_steps if distill.teacher else None,
     "distill_minutes": float(minutes) if distill.teacher else 0.0, "sampler": sampler, "steps": int(steps),
     "sample_images_per_s": round(rate, 1), "torch_threads": torch.get_num_threads(),
     **{k: v for k, v in evaluation.items() if k not in ("kind", "sampling")},
@@ -46,19 +50,24 @@ PY
 }
 
 for steps in $STEPS; do
-  run=$RUNS/progressive-$steps
+  run=$RUNS/progressive-$steps-${MINUTES}min${TEACHER_STEPS:+-from$TEACHER_STEPS}
   rm -rf "$run"
-  $PD distill --run "$TEACHER" --method progressive --steps "$steps" --minutes "$MINUTES" --out "$run" \
+  # shellcheck disable=SC2086
+  $PD distill --run "$TEACHER" --method progressive --steps "$steps" --minutes "$MINUTES" --out "$run" $GRID \
     --eval-every 250 --eval-samples 500
   score "$run" "progressive-$steps" ddim "$steps"
 done
-run=$RUNS/consistency
-rm -rf "$run"
-$PD distill --run "$TEACHER" --method consistency --steps 1 --minutes "$MINUTES" --out "$run" \
-  --eval-every 250 --eval-samples 500
-for steps in $CONSISTENCY_STEPS; do
-  score "$run" "consistency" consistency "$steps"
-done
-score "$TEACHER" teacher ddpm 50
-score "$TEACHER" teacher dpmpp_2m 10
+if [[ -n $CONSISTENCY_STEPS ]]; then
+  run=$RUNS/consistency-${MINUTES}min
+  rm -rf "$run"
+  $PD distill --run "$TEACHER" --method consistency --steps 1 --minutes "$MINUTES" --out "$run" \
+    --eval-every 250 --eval-samples 500
+  for steps in $CONSISTENCY_STEPS; do
+    score "$run" "consistency" consistency "$steps"
+  done
+fi
+if [[ ${TEACHER_SCORE:-1} == 1 ]]; then
+  score "$TEACHER" teacher ddpm 50
+  score "$TEACHER" teacher dpmpp_2m 10
+fi
 tail -n 20 "$OUT"

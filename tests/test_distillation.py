@@ -115,7 +115,8 @@ def test_the_distill_config_refuses_what_cannot_be_distilled():
     assert DistillConfig(steps=1, teacher_steps=64).stages == 6
     assert DistillConfig(steps=4, teacher_steps=64).stages == 4
     assert DistillConfig(method="consistency", steps=4, teacher_steps=30).stages == 1
-    assert (DistillConfig(steps=1).grid_steps, DistillConfig(steps=1).stages) == (32, 5)
+    defaults = {steps: DistillConfig(steps=steps) for steps in (1, 2, 4, 8)}  # twice the steps, at least 8
+    assert {k: (c.grid_steps, c.stages) for k, c in defaults.items()} == {1: (8, 3), 2: (8, 2), 4: (8, 1), 8: (16, 1)}
     assert DistillConfig(method="consistency").grid_steps == 16
     with pytest.raises(ConfigError, match="at least 2"):
         DistillConfig(method="consistency", teacher_steps=1)
@@ -176,7 +177,8 @@ def test_a_progressive_run_resumed_across_its_stages_continues_exactly(tmp_path,
 
 def test_distill_as_a_user_runs_it(tmp_path):
     teacher = tmp_path / "teacher"
-    done = run_cli("train", *TINY_FLAGS, "--max-steps", "6", "--out", str(teacher))
+    # an eps teacher, whose student predicts v
+    done = run_cli("train", *TINY_FLAGS, "--max-steps", "6", "--prediction", "eps", "--out", str(teacher))
     assert done.returncode == 0, done.stderr
     student = tmp_path / "student"
     done = run_cli("distill", "--run", str(teacher), "--steps", "2", "--teacher-steps", "8", "--max-steps", "4",
@@ -193,7 +195,7 @@ def test_distill_as_a_user_runs_it(tmp_path):
         "teacher_prediction": "eps",
     }
     assert (config["sample"]["sampler"], config["sample"]["steps"], config["sample"]["guidance"]) == ("ddim", 2, 1.0)
-    assert config["diffusion"]["prediction"] == "v", "the digits recipe's eps teacher has a v student"
+    assert config["diffusion"]["prediction"] == "v", "an eps teacher has a v student"
     done = run_cli("sample", "--run", str(student), "--n", "4", "--out", str(tmp_path / "s.png"))
     assert done.returncode == 0, done.stderr
     info = model_info(Pipeline.from_run(student), name="student")

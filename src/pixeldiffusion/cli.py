@@ -572,7 +572,7 @@ def parser() -> argparse.ArgumentParser:
     def command(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text, description=text, formatter_class=Formatter)
 
-    t = command("train", "train a model (default: the built-in digits, about 4 minutes on 2 CPU cores)")
+    t = command("train", "train a model (default: the built-in digits, under 2 minutes on 2 CPU cores)")
     run = t.add_argument_group("run")
     run.add_argument("--preset", help="U-Net preset: digits, sprites, mnist, cifar10 (default: the dataset's recipe)")
     run.add_argument("--config", help="a config.json to start from (e.g. from an earlier run)")

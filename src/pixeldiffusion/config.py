@@ -281,7 +281,10 @@ class LatentConfig:
 
 
 DISTILLATIONS = ("progressive", "consistency")
-TEACHER_STEPS = {"progressive": 32, "consistency": 16}  # each method's default grid (few stages fit CPU minutes)
+# the default teacher grids: progressive, twice the student's steps and at least 8 (few stages fit CPU minutes: one
+# beat two and three for a 4-step student, docs/decisions.md); consistency, 16 (near Song et al.'s 18 on CIFAR-10)
+PROGRESSIVE_GRID = 8
+CONSISTENCY_GRID = 16
 
 
 @dataclass(frozen=True)
@@ -304,9 +307,8 @@ class DistillConfig:
         default=None,
         metadata={
             "help": "progressive: the teacher's DDIM steps at the first stage, steps times a power of 2 (default "
-            f"{TEACHER_STEPS['progressive']}); consistency: the grid of times the teacher's ODE steps join (default "
-            f"{TEACHER_STEPS['consistency']}, as Song et al.'s 18 on CIFAR-10, a multiple of 8 so that every "
-            "student's grid lies on it)"
+            f"twice steps, at least {PROGRESSIVE_GRID}); consistency: the grid of times the teacher's ODE steps join "
+            f"(default {CONSISTENCY_GRID}, a multiple of 8 so that every student's grid lies on it)"
         },
     )
     guidance: float = field(
@@ -344,7 +346,9 @@ class DistillConfig:
     @property
     def grid_steps(self) -> int:
         """The teacher's grid: teacher_steps, or the method's default."""
-        return TEACHER_STEPS[self.method] if self.teacher_steps is None else self.teacher_steps
+        if self.teacher_steps is not None:
+            return self.teacher_steps
+        return max(PROGRESSIVE_GRID, 2 * self.steps) if self.method == "progressive" else CONSISTENCY_GRID
 
     @property
     def stages(self) -> int:

@@ -281,7 +281,7 @@ class Trainer:
             rundir.trim_metrics(self.run_dir / "metrics.jsonl", self.state.step)
         total, main = self.train_step.total_steps, self.process.is_main
         bar = tqdm(
-            total=total, initial=self.state.step, disable=not main, unit="step", dynamic_ncols=True, desc="train"
+            total=total, initial=self.state.step, disable=not main, unit="step", dynamic_ncols=True, desc=self.command
         )
         loss_sum, steps, skipped, since = torch.zeros((), device=self.process.device), 0, int(self.state.skipped), 0.0
         self.state.model.train()
