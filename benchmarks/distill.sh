@@ -42,6 +42,7 @@ distill = pipe.config.distill
 print(json.dumps({
     "model": label, "teacher": distill.teacher, "method": distill.method if distill.teacher else None,
     "teacher_steps": distill.grid_steps if distill.teacher else None,
+    "teacher_solver": distill.teacher_solver if distill.teacher else None,
     "distill_minutes": float(minutes) if distill.teacher else 0.0, "sampler": sampler, "steps": int(steps),
     "sample_images_per_s": round(rate, 1), "torch_threads": torch.get_num_threads(),
     **{k: v for k, v in evaluation.items() if k not in ("kind", "sampling")},

@@ -15,6 +15,7 @@ declare -A VARIANTS=(
   [lr1e-3]="--lr 1e-3"
   [lr1e-4-from16]="--lr 1e-4 --teacher-steps 16"
   [lr1e-4-from8]="--lr 1e-4 --teacher-steps 8"
+  [lr1e-4-from8-dpm2]="--lr 1e-4 --teacher-steps 8 --teacher-solver dpm_solver_2"
 )
 for variant in "${@:-lr1e-4 lr3e-4 lr1e-3}"; do
   run=runs/distill-sweep/$(basename "$TEACHER")-$variant-$MAX_STEPS

@@ -9,7 +9,7 @@ import torch
 
 from conftest import tiny_config
 from pixeldiffusion import checkpoint as ckpt
-from pixeldiffusion.config import RunConfig, from_dict, migrate, with_fields
+from pixeldiffusion.config import DistillConfig, RunConfig, from_dict, migrate, with_fields
 from pixeldiffusion.errors import ConfigError
 from pixeldiffusion.models import UNet
 from pixeldiffusion.pipeline import Pipeline
@@ -152,3 +152,15 @@ def test_with_fields_replaces_by_dotted_path():
     config = with_fields(tiny_config(), {"seed": 3, "optim.lr": 0.5, "diffusion.schedule.kind": "cosine"})
     assert (config.seed, config.optim.lr, config.diffusion.schedule.kind) == (3, 0.5, "cosine")
     assert config.optim.batch_size == tiny_config().optim.batch_size
+
+
+def test_a_student_of_stop_29_keeps_its_teacher_steps_and_grid():
+    """Before `teacher_solver` existed, teachers stepped with DDIM on grids of 32 (progressive) and 16."""
+    old = dataclasses.asdict(RunConfig(distill=DistillConfig(teacher="runs/t", steps=1)))
+    del old["distill"]["teacher_solver"]
+    student = RunConfig.from_json(json.dumps(old)).distill
+    assert (student.teacher_solver, student.grid_steps, student.stages) == ("ddim", 32, 5)
+    old["distill"].update(method="consistency", teacher_steps=8)
+    assert RunConfig.from_json(json.dumps(old)).distill.grid_steps == 8, "a grid given is kept"
+    new = RunConfig(distill=DistillConfig(teacher="runs/t", steps=1))
+    assert RunConfig.from_json(new.to_json()).distill == new.distill  # today's students are left alone

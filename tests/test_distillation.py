@@ -12,10 +12,16 @@ import torch
 from conftest import TINY_FLAGS, run_cli, tiny_config
 from pixeldiffusion.checkpoint import latest_checkpoint, load_checkpoint
 from pixeldiffusion.config import DistillConfig
-from pixeldiffusion.distillation import consistency_loss, ddim_step, progressive_loss, progressive_target
+from pixeldiffusion.distillation import (
+    consistency_loss,
+    ddim_step,
+    dpm_solver_2_step,
+    progressive_loss,
+    progressive_target,
+)
 from pixeldiffusion.errors import ConfigError
 from pixeldiffusion.pipeline import Pipeline
-from pixeldiffusion.sampling import make_denoiser, sample, timestep_grid
+from pixeldiffusion.sampling import heun, make_denoiser, sample, timestep_grid
 from pixeldiffusion.schedule import NoiseSchedule, ScheduleConfig
 from pixeldiffusion.serve.server import model_info
 from pixeldiffusion.training import Interrupted, train
@@ -59,6 +65,35 @@ def test_a_ddim_step_with_the_progressive_target_lands_where_two_teacher_steps_d
     one = ddim_step(make_denoiser(lambda x, _: target, SCHEDULE, "x0", clip_x0=False), SCHEDULE, x_t, t, s)
     torch.testing.assert_close(one, two, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(target, teacher(x_t, t)[0], atol=1e-3), "two steps are not one"
+
+
+def test_the_second_order_teacher_step_is_nearer_the_ode_than_ddim():
+    teacher = gaussian_teacher()
+    x_t = torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    t, s = torch.tensor([1000, 600, 200, 30, 7]), torch.tensor([600, 200, 30, 0, 6])
+    # the probability-flow ODE of Gaussian data in closed form: y = x / sqrt(a_bar) stays Gaussian, N(MU, S^2 +
+    # sigma^2), and flows as y_s = MU + sqrt((S^2 + sigma_s^2) / (S^2 + sigma_t^2)) (y_t - MU)
+    a_t, a_s = (SCHEDULE.alpha_bar[v].reshape(-1, 1, 1, 1) for v in (t, s))
+    var_t, var_s = (S**2 + (1 - a) / a for a in (a_t, a_s))
+    exact = a_s.sqrt() * (MU + (var_s / var_t).sqrt() * (x_t / a_t.sqrt() - MU))
+    second = dpm_solver_2_step(teacher, SCHEDULE, x_t, t, s)
+    first = ddim_step(teacher, SCHEDULE, x_t, t, s)
+    errors = [((second[i] - exact[i]).abs().max(), (first[i] - exact[i]).abs().max()) for i in range(3)]
+    assert all(ours < 0.7 * ddim for ours, ddim in errors), errors
+
+    def error(step, n: int) -> float:  # over 600 -> 200 in n equal steps, against the closed form
+        x, times = x_t[1:2], torch.linspace(600, 200, n + 1).round().long()
+        for a, b in zip(times[:-1], times[1:], strict=True):
+            x = step(teacher, SCHEDULE, x, a.reshape(1), b.reshape(1))
+        return float((x - exact[1]).abs().max())
+
+    # halving the steps divides the error by about 2^order: 4 for the second-order step, 2 for DDIM
+    assert error(dpm_solver_2_step, 4) / error(dpm_solver_2_step, 8) > 3.2
+    assert error(ddim_step, 4) / error(ddim_step, 8) < 2.5
+    torch.testing.assert_close(second[3:], first[3:])  # to t = 0 and between neighbours: DDIM alone
+    # Heun's trapezoid in sigma (the `heun` sampler) is no teacher from t = T: far off where DDIM is all but exact
+    *_, last = heun(teacher, SCHEDULE, x_t[:1], [1000, 600])
+    assert (last.x - exact[:1]).abs().max() > 10 * errors[0][1]
 
 
 def test_the_losses_vanish_for_a_student_that_is_the_teachers_multistep_map():
@@ -191,6 +226,7 @@ def test_distill_as_a_user_runs_it(tmp_path):
         "method": "progressive",
         "steps": 2,
         "teacher_steps": 8,
+        "teacher_solver": "dpm_solver_2",
         "guidance": 2.0,
         "teacher_prediction": "eps",
     }

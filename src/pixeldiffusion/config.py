@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pixeldiffusion.data import ImageData, load_dataset
+from pixeldiffusion.distillation import TEACHER_SOLVERS
 from pixeldiffusion.errors import ConfigError
 from pixeldiffusion.models.autoencoder import RECONSTRUCTIONS, AutoencoderConfig
 from pixeldiffusion.models.presets import preset
@@ -311,6 +312,13 @@ class DistillConfig:
             f"(default {CONSISTENCY_GRID}, a multiple of 8 so that every student's grid lies on it)"
         },
     )
+    teacher_solver: str = field(
+        default="dpm_solver_2",
+        metadata={
+            "help": "the teacher's step: dpm_solver_2 (DPM-Solver++(2S), second order: a more accurate teacher for "
+            "twice its evaluations) or ddim (first order, as Salimans & Ho)"
+        },
+    )
     guidance: float = field(
         default=1.0,
         metadata={
@@ -327,6 +335,7 @@ class DistillConfig:
 
     def __post_init__(self):
         _choice("distillation method", self.method, DISTILLATIONS)
+        _choice("teacher solver", self.teacher_solver, tuple(TEACHER_SOLVERS))
         if self.teacher_prediction is not None:
             _choice("teacher prediction", self.teacher_prediction, PREDICTIONS)
         if self.steps not in (1, 2, 4, 8):
@@ -456,8 +465,28 @@ TRAIN_FIELDS = {
 
 
 def migrate(values: dict[str, Any]) -> dict[str, Any]:
+    """A RunConfig dict of an older version in the current layout; a current dict is returned as it is."""
+    return _first_students(_regrouped(values))
+
+
+FIRST_GRIDS = {"progressive": 32, "consistency": 16}  # the teacher grids of the first students (stop 29)
+
+
+def _first_students(values: dict[str, Any]) -> dict[str, Any]:
+    """A student from before `teacher_solver` existed keeps what it was trained with: DDIM teacher steps and the
+    first default grids, so that it resumes exactly."""
+    distill = values.get("distill") if isinstance(values, dict) else None
+    if not isinstance(distill, dict) or not distill.get("teacher") or "teacher_solver" in distill:
+        return values
+    distill = {**distill, "teacher_solver": "ddim"}
+    if distill.get("teacher_steps") is None:
+        distill["teacher_steps"] = FIRST_GRIDS.get(distill.get("method", "progressive"), 32)
+    return {**values, "distill": distill}
+
+
+def _regrouped(values: dict[str, Any]) -> dict[str, Any]:
     """A RunConfig dict in the layout before the regrouping (top-level prediction, schedule and train) in the
-    current one; a current dict is returned as it is."""
+    current one."""
     if not isinstance(values, dict) or not {"prediction", "schedule", "train"} & set(values):
         return values
     values = dict(values)

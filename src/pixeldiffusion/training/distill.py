@@ -18,7 +18,7 @@ from torch import nn
 
 from pixeldiffusion import checkpoint as ckpt
 from pixeldiffusion.config import DistillConfig, EvalConfig, RunConfig
-from pixeldiffusion.distillation import consistency_loss, progressive_loss
+from pixeldiffusion.distillation import TEACHER_SOLVERS, consistency_loss, progressive_loss
 from pixeldiffusion.errors import ConfigError
 from pixeldiffusion.interop.pretrained import read_model
 from pixeldiffusion.sampling import guided, make_denoiser, timestep_grid
@@ -131,10 +131,10 @@ class DistillStep(TrainStep):
         def student(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
             return self.schedule.x0_eps(x, times, self.net(x, times, cond).float(), prediction)[0]
 
-        s = self.next_time[t]
+        s, step = self.next_time[t], TEACHER_SOLVERS[self.distill.teacher_solver]
         if self.distill.method == "progressive":
-            return progressive_loss(student, teacher, self.schedule, x0, eps, t, s, self.next_time[s])
-        return consistency_loss(student, teacher, self.schedule, x0, eps, t, s)
+            return progressive_loss(student, teacher, self.schedule, x0, eps, t, s, self.next_time[s], step)
+        return consistency_loss(student, teacher, self.schedule, x0, eps, t, s, step)
 
     def learning_rate(self, step: int, elapsed: float) -> float:
         """Progressive: linear decay to zero within each stage (Salimans & Ho 2022); consistency: the run's."""
