@@ -26,8 +26,8 @@ _SMALL_IMAGES: dict[str, Any] = {
     "sample.steps": 50,
 }
 RECIPES: dict[str, dict[str, Any]] = {
-    # the first run: v-prediction with min-SNR weighting reaches in 1,000 steps at twice the rate what eps took 2,000
-    # steps to (docs/decisions.md, "The first run")
+    # the first run: v-prediction with min-SNR weighting, at twice the learning rate, reaches in 1,000 steps what
+    # eps-prediction reached in 2,000 (docs/decisions.md, "The first run")
     "digits": {
         "preset": "digits",
         "diffusion.prediction": "v",
