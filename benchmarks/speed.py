@@ -88,6 +88,7 @@ class Case:
     batch: int
     device: str  # "cpu" or "cuda"
     channels_last: bool | None = None  # pixeldiffusion's layout; None: its default (diffusers always runs NCHW)
+    graphs: bool = False  # compiled with CUDA graphs (torch.compile's "reduce-overhead" mode)
     nfe: int = NFE  # network evaluations per sampling run
 
 
@@ -155,12 +156,19 @@ def make_work(case: Case) -> Callable[[], object]:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.precision == "bf16")
     shape = (case.batch, config.in_channels, config.image_size, config.image_size)
 
+    # a CUDA graph's outputs are overwritten by its next replay: each step or network evaluation begins a new one
+    begin_step = torch.compiler.cudagraph_mark_step_begin if case.graphs else lambda: None
+    mode = "reduce-overhead" if case.graphs else None
+
     if case.task == "train" and case.library == "pixeldiffusion":
         train = dict(precision=case.precision, compile=case.compile, channels_last=case.channels_last)
-        return benchmark_trainer(config, case.batch, device=case.device, **train).train_step
+        step = benchmark_trainer(config, case.batch, device=case.device, **train).train_step
+        if case.graphs:  # the forward half of TrainStep's step, compiled as it is but with CUDA graphs
+            step.loss = torch.compile(step.forward_loss, mode=mode)
+        return lambda: (begin_step(), step())
 
     model = build(case.library, config, device)
-    net = torch.compile(model) if case.compile and case.library == "diffusers" else model
+    net = torch.compile(model, mode=mode) if case.compile and case.library == "diffusers" else model
 
     if case.task == "train":  # diffusers' examples/unconditional_image_generation step, with Trainer's optimizer
         model.train()
@@ -170,6 +178,7 @@ def make_work(case: Case) -> Callable[[], object]:
         clean = torch.rand(shape, device=device) * 2 - 1
 
         def train_step() -> None:
+            begin_step()
             noise = torch.randn_like(clean)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (case.batch,), device=device)
             with autocast:
@@ -197,6 +206,7 @@ def make_work(case: Case) -> Callable[[], object]:
         x = x_T
         with torch.inference_mode(), autocast:
             for t in scheduler.timesteps:
+                begin_step()
                 x = scheduler.step(net(x, t).sample, t, x).prev_sample
         return x
 
@@ -395,8 +405,21 @@ def measure(case: Case, repeats: int, flops_per_image: int, peak: dict, args: ar
     }
 
 
-def bench_size(name: str, args: argparse.Namespace, device: torch.device, peak: dict) -> dict:
-    """Every row of one size, both libraries side by side with their ratios."""
+def compile_settings(task: str, setting: str, device: torch.device) -> list[tuple[bool, bool]]:
+    """The (compiled, CUDA graphs) rows of a task. On a GPU a compiled Pipeline samples with CUDA graphs, so
+    diffusers' compiled sampling does too; compiled training gets a row without and one with them."""
+    cuda = device.type == "cuda"
+    compiled = COMPILE[setting] if setting != "auto" else COMPILE["both" if cuda else "off"]
+    if task == "sample":
+        return [(c, c and cuda) for c in compiled]
+    return [(c, False) for c in compiled] + ([(True, True)] if cuda and True in compiled else [])
+
+
+def bench_size(
+    name: str, args: argparse.Namespace, device: torch.device, peak: dict, save: Callable[[dict], None]
+) -> dict:
+    """Every row of one size, both libraries side by side with their ratios; `save` gets the result so far after
+    each row (a run cut short keeps what it measured)."""
     size = SIZES[name]
     config, batch, repeats = size.config, args.batch or size.batch, args.repeats or size.repeats
     models = {library: build(library, config, device) for library in LIBRARIES}
@@ -410,33 +433,8 @@ def bench_size(name: str, args: argparse.Namespace, device: torch.device, peak: 
         f"{name}: parameters {params['pixeldiffusion']:,} / {params['diffusers']:,} (diffusers), "
         f"FLOPs per forward {flops['forward']['pixeldiffusion']:.4g} / {flops['forward']['diffusers']:.4g}"
     )
-    rows = []
-    for task in ("train", "sample"):
-        for precision in PRECISIONS:
-            for compiled in (
-                COMPILE[args.compile]
-                if args.compile != "auto"
-                else COMPILE["both" if device.type == "cuda" else "off"]
-            ):
-                row = {"task": task, "precision": precision, "compile": compiled}
-                for library in LIBRARIES:
-                    per_image = flops["train"][library] if task == "train" else NFE * flops["forward"][library]
-                    case = Case(name, library, task, precision, compiled, batch, device.type)
-                    row[library] = measure(case, repeats, per_image, peak, args)
-                ours, theirs = row["pixeldiffusion"], row["diffusers"]
-                row["void"] = ours["void"] or theirs["void"]
-                row["ratio"] = {
-                    "images_per_s": ratio(ours["images_per_s"], theirs["images_per_s"]),
-                    "peak_memory": ratio(*((r["memory"] or {}).get("above_setup_mib") for r in (ours, theirs))),
-                }
-                log(
-                    f"{name} {task} {precision}{' compiled' if compiled else ''}: "
-                    f"{ours['images_per_s']:.1f} / {theirs['images_per_s']:.1f} img/s (diffusers), "
-                    f"ratio {row['ratio']['images_per_s']:.2f}{'  VOID: the machine was busy' if row['void'] else ''}"
-                    + "".join(f"; ours {k} {v['s'] * 1e3:.0f} ms" for k, v in (ours["breakdown"] or {}).items())
-                )
-                rows.append(row)
-    return {
+    rows: list[dict] = []
+    result = {
         "config": {"pixeldiffusion": dataclasses.asdict(config), "diffusers": public(diffusers_unet(config).config)},
         "batch": batch,
         "repeats": repeats,
@@ -448,6 +446,29 @@ def bench_size(name: str, args: argparse.Namespace, device: torch.device, peak: 
         },
         "rows": rows,
     }
+    for task in ("train", "sample"):
+        for precision in PRECISIONS:
+            for compiled, graphs in compile_settings(task, args.compile, device):
+                row = {"task": task, "precision": precision, "compile": compiled, "cuda_graphs": graphs}
+                for library in LIBRARIES:
+                    per_image = flops["train"][library] if task == "train" else NFE * flops["forward"][library]
+                    case = Case(name, library, task, precision, compiled, batch, device.type, graphs=graphs)
+                    row[library] = measure(case, repeats, per_image, peak, args)
+                ours, theirs = row["pixeldiffusion"], row["diffusers"]
+                row["void"] = ours["void"] or theirs["void"]
+                row["ratio"] = {
+                    "images_per_s": ratio(ours["images_per_s"], theirs["images_per_s"]),
+                    "peak_memory": ratio(*((r["memory"] or {}).get("above_setup_mib") for r in (ours, theirs))),
+                }
+                log(
+                    f"{name} {task} {precision}{' compiled' if compiled else ''}{' + CUDA graphs' if graphs else ''}: "
+                    f"{ours['images_per_s']:.1f} / {theirs['images_per_s']:.1f} img/s (diffusers), "
+                    f"ratio {row['ratio']['images_per_s']:.2f}{'  VOID: the machine was busy' if row['void'] else ''}"
+                    + "".join(f"; ours {k} {v['s'] * 1e3:.0f} ms" for k, v in (ours["breakdown"] or {}).items())
+                )
+                rows.append(row)
+                save(result)
+    return result
 
 
 # -- the report --------------------------------------------------------------------------------------
@@ -538,13 +559,18 @@ def main(argv: list[str] | None = None) -> dict:
         "host": host_info(device),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "peak": peak,
-        "sizes": {name: bench_size(name, args, device, peak) for name in args.sizes},
+        "sizes": {},
     }
-    text = json.dumps(report, indent=2)
-    print(text)
     out = args.out or RESULTS / f"{started:%Y-%m-%d-%H%M%S}-{platform.node()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+
+    def save(name: str, result: dict) -> None:
+        report["sizes"][name] = result
+        out.write_text(json.dumps(report, indent=2) + "\n")
+
+    for name in args.sizes:
+        bench_size(name, args, device, peak, lambda result, name=name: save(name, result))
+    print(json.dumps(report, indent=2))
     log(f"written to {out}")
     return report
 
