@@ -8,12 +8,15 @@
 #     STEPS=600 bash benchmarks/recipe_sweep.sh 0 default fp32
 # With DATASET=NAME (and DATA=DIR, or DATA= for a built-in dataset) it sweeps that dataset's recipe instead:
 #     DATASET=emoji DATA= bash benchmarks/recipe_sweep.sh 5 default v-minsnr
+# EVAL replaces the scoring flags, as for issue 26's 10-minute search (2,000 samples of the recipe's DDPM 50):
+#     EVAL="--n 2000 --sampler ddpm --steps 50 --compile" bash benchmarks/recipe_sweep.sh 10 default batch64-lr2e-3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-5}; shift || true
 STEPS=${STEPS:-}
 BUDGET="--minutes $MINUTES"; TAG=${MINUTES}min
 if [[ -n $STEPS ]]; then BUDGET="--max-steps $STEPS"; TAG=${STEPS}steps; fi
+EVAL=${EVAL:---n 1000 --sampler dpmpp_2m --steps 20}
 DATASET=${DATASET:-mnist}
 DATA=${DATA-../shared/data/mnist}
 OUT=benchmarks/results/recipe-sweep-$DATASET.jsonl
@@ -27,6 +30,8 @@ declare -A VARIANTS=(
   [cosine]="--schedule cosine"
   [attention7]="--attention-resolutions 7"
   [batch64]="--batch-size 64"
+  [batch64-lr2e-3]="--batch-size 64 --lr 2e-3"
+  [batch32]="--batch-size 32"
   [wide]="--base-channels 64"
   [ema250]="--ema-halflife 250"
   [fp32]="--precision fp32"
@@ -36,7 +41,7 @@ for name in "${@:-default v-minsnr lr2e-3 cosine}"; do
     run=runs/sweep/$DATASET-$variant-$TAG
     rm -rf "$run"
     python -m pixeldiffusion train --dataset "$DATASET" ${DATA:+--data-dir "$DATA"} $BUDGET --out "$run" ${VARIANTS[$variant]}
-    python -m pixeldiffusion eval --run "$run" --n 1000 --sampler dpmpp_2m --steps 20 --precision bf16
+    python -m pixeldiffusion eval --run "$run" $EVAL --precision bf16
     python - "$run" "$variant" "$BUDGET" "${VARIANTS[$variant]}" >> "$OUT" <<'PY'
 import json, sys
 run, variant, budget, flags = sys.argv[1:]

@@ -78,3 +78,36 @@ def test_pad_pads_up_to_the_next_power_of_two():
     assert config.data.pad and config.model.image_size == 32
     assert default_config("digits", pad=True).model.image_size == 16
     assert default_config("mnist", model_preset="mnist", pad=True).model.image_size == 32
+
+
+def test_a_time_budget_picks_the_recipes_settings_for_it():
+    from pixeldiffusion.config import with_fields
+    from pixeldiffusion.recipes import BUDGETS, RECIPES
+
+    (bound, short), *_ = BUDGETS["mnist"]
+    for dataset in ("mnist", "fashion-mnist", "hf:ylecun/mnist"):
+        quick = default_config(dataset, minutes=bound)
+        assert with_fields(quick, short) == quick != default_config(dataset), dataset
+    long = default_config("mnist", minutes=bound + 1)
+    assert long.optim.batch_size == 128 and "optim.batch_size" not in RECIPES["mnist"]
+    assert default_config("mnist") == default_config("mnist", minutes=None)
+    assert default_config("digits", minutes=1) == default_config("digits")  # no budgets of its own
+
+
+def test_train_minutes_uses_the_budget_unless_a_flag_says_otherwise(capsys, monkeypatch, tmp_path):
+    import pixeldiffusion.training
+    from pixeldiffusion.cli import main
+
+    seen = []
+
+    def train(config, run_dir, **kwargs):
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pixeldiffusion.training, "train", train)
+    for flags in ([], ["--batch-size", "128"]):
+        with pytest.raises(SystemExit):
+            main(["train", "--dataset", "mnist", "--minutes", "10", "--out", str(tmp_path / "r"), *flags])
+    (quick, kept), out = seen, capsys.readouterr().out
+    assert (quick.optim.batch_size, quick.length.minutes, kept.optim.batch_size) == (64, 10, 128)
+    assert "for 10 minutes the recipe trains with --batch-size 64" in out

@@ -31,7 +31,7 @@ from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.models.autoencoder import AutoencoderConfig
 from pixeldiffusion.models.unet import UNetConfig
 from pixeldiffusion.process import setup, teardown
-from pixeldiffusion.recipes import RECIPES, default_config
+from pixeldiffusion.recipes import RECIPES, budget_fields, default_config
 from pixeldiffusion.visualize import IMAGE_SUFFIXES, STRIP_COLUMNS
 
 DERIVED = {"in_channels", "num_classes", "context_dim"}  # model fields the dataset decides, not the user
@@ -240,7 +240,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.config:
             config = RunConfig.load(args.config)
         else:
-            config = default_config(dataset, model_preset=args.preset, pad=fields.get("data.pad", False))
+            pad, minutes = fields.get("data.pad", False), fields.get("length.minutes")
+            config = default_config(dataset, model_preset=args.preset, pad=pad, minutes=minutes)
     config = apply(config, args)  # bad flags are reported before anything else
     if args.autoencoder and not args.resume:
         from pixeldiffusion.training.autoencoder import latent_config
@@ -265,6 +266,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         size, side, padded = config.pixel_size, config.model.image_size, " (padded)" * config.data.pad
         latents = f", diffused as {config.model.in_channels}x{side}x{side} latents" * bool(config.latent.autoencoder)
         print(f"{dataset} at {size}x{size} pixels{padded}{latents}; --image-size to change")
+        budgeted = {} if args.config else budget_fields(dataset, config.length.minutes)
+        if budgeted := {path: v for path, v in budgeted.items() if path not in fields}:
+            settings = ", ".join(f"{flag_name(path)} {v}" for path, v in budgeted.items())
+            print(f"for {config.length.minutes:g} minutes the recipe trains with {settings}")
     summary = train(
         config, run_dir, model=model, resume=bool(args.resume), callbacks=run_callbacks(args, config, run_dir)
     )

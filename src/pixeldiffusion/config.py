@@ -155,7 +155,11 @@ class LengthConfig:
     max_steps: int | None = field(default=4000, metadata={"help": "stop after this many optimiser steps"})
     epochs: float | None = field(default=None, metadata={"help": "or after this many passes over the data"})
     minutes: float | None = field(
-        default=None, metadata={"help": "or after this much wall-clock time (the learning rate then decays with it)"}
+        default=None,
+        metadata={
+            "help": "or after this much wall-clock time (the learning rate then decays with it; a recipe may adapt "
+            "its batch size and learning rate to it)"
+        },
     )
 
     def __post_init__(self):

@@ -45,6 +45,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     # faces, bedrooms, churches: the CIFAR-10 network one level deeper in pixels, as DDPM trained CelebA-HQ and LSUN
     "photos-64": {"preset": "cifar10", "model.image_size": 64, "data.hflip": True, "optim.lr": 2e-4},
 }
+# what a time budget (`--minutes M`) changes in a recipe: the settings of the first bound at or above M, a flag
+# given still winning; on MNIST batch 64 (twice the steps) beats 128 and 32 at 5 and 10 CPU minutes, and 128 holds
+# the 30-minute result (docs/decisions.md, "Budgets")
+BUDGETS: dict[str, tuple[tuple[float, dict[str, Any]], ...]] = {
+    "mnist": ((15.0, {"optim.batch_size": 64}),),
+}
+BUDGETS["fashion-mnist"] = BUDGETS["mnist"]
 # hub datasets that are one of the above (the README's examples among them)
 HUB_RECIPES = {
     "mnist": "mnist",
@@ -69,22 +76,38 @@ def fitted_recipe(side: int) -> dict[str, Any]:
     return {"preset": name, "model.image_size": size, **({"optim.lr": 2e-4} if name == "cifar10" else {})}
 
 
-def recipe(dataset: str) -> dict[str, Any]:
-    """A dataset's recipe: its own, that of the dataset a hub name is, or one fitted to a folder's or a hub
-    dataset's pictures (which this reads the size of)."""
+def recipe_name(dataset: str) -> str | None:
+    """The name of a dataset's own recipe, or of the dataset a hub name is; None for folders and other hub
+    datasets, which get a fitted one."""
     if dataset in RECIPES:
-        return RECIPES[dataset]
+        return dataset
     if dataset.startswith("hf:"):
-        name = parse_spec(dataset.removeprefix("hf:"))[0]
-        if name in HUB_RECIPES:
-            return RECIPES[HUB_RECIPES[name]]
-    return fitted_recipe(native_resolution(dataset))
+        return HUB_RECIPES.get(parse_spec(dataset.removeprefix("hf:"))[0])
+    return None
 
 
-def default_config(dataset: str = "digits", *, model_preset: str | None = None, pad: bool = False) -> RunConfig:
-    """The recommended configuration for a dataset (its recipe), with the named model preset if given; `pad` pads
-    the pictures with black up to the next power of two (28 -> 32) instead of resizing them."""
-    fields = dict(recipe(dataset))
+def recipe(dataset: str, minutes: float | None = None) -> dict[str, Any]:
+    """A dataset's recipe: its own, that of the dataset a hub name is, or one fitted to a folder's or a hub
+    dataset's pictures (which this reads the size of); with a time budget, as BUDGETS adapts it to `minutes`."""
+    name = recipe_name(dataset)
+    if name is None:
+        return fitted_recipe(native_resolution(dataset))
+    return {**RECIPES[name], **budget_fields(dataset, minutes)}
+
+
+def budget_fields(dataset: str, minutes: float | None) -> dict[str, Any]:
+    """What a time budget of `minutes` changes in the dataset's recipe (BUDGETS; {} without a budget)."""
+    bounds = BUDGETS.get(recipe_name(dataset) or "", ()) if minutes else ()
+    return next((fields for bound, fields in bounds if minutes <= bound), {})
+
+
+def default_config(
+    dataset: str = "digits", *, model_preset: str | None = None, pad: bool = False, minutes: float | None = None
+) -> RunConfig:
+    """The recommended configuration for a dataset (its recipe, for a time budget of `minutes` if given), with the
+    named model preset if given; `pad` pads the pictures with black up to the next power of two (28 -> 32) instead
+    of resizing them."""
+    fields = recipe(dataset, minutes)
     name = fields.pop("preset")
     if model_preset:  # another network: the recipe's model fields were chosen for its own
         name, fields = model_preset, {k: v for k, v in fields.items() if not k.startswith("model.")}
