@@ -157,8 +157,8 @@ class LengthConfig:
     minutes: float | None = field(
         default=None,
         metadata={
-            "help": "or after this much wall-clock time (the learning rate then decays with it; a recipe may adapt "
-            "its batch size and learning rate to it)"
+            "help": "or after this much wall-clock time (the learning rate then decays with it, and the recipe may "
+            "adapt its batch size to it)"
         },
     )
 

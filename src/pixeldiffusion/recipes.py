@@ -46,8 +46,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "photos-64": {"preset": "cifar10", "model.image_size": 64, "data.hflip": True, "optim.lr": 2e-4},
 }
 # what a time budget (`--minutes M`) changes in a recipe: the settings of the first bound at or above M, a flag
-# given still winning; on MNIST batch 64 (twice the steps) beats 128 and 32 at 5 and 10 CPU minutes, and 128 holds
-# the 30-minute result (docs/decisions.md, "Budgets")
+# given still winning; on MNIST batch 64 (twice the steps) beats 128 at 5 and 10 CPU minutes (and 32 at 10), and
+# 128 holds the 30-minute result (docs/decisions.md, "Budgets")
 BUDGETS: dict[str, tuple[tuple[float, dict[str, Any]], ...]] = {
     "mnist": ((15.0, {"optim.batch_size": 64}),),
 }
