@@ -9,7 +9,7 @@
 # With DATASET=NAME (and DATA=DIR, or DATA= for a built-in dataset) it sweeps that dataset's recipe instead:
 #     DATASET=emoji DATA= bash benchmarks/recipe_sweep.sh 5 default v-minsnr
 # EVAL replaces the scoring flags, as for issue 26's 10-minute search (2,000 samples of the recipe's DDPM 50):
-#     EVAL="--n 2000 --sampler ddpm --steps 50 --compile" bash benchmarks/recipe_sweep.sh 10 default batch64-lr2e-3
+#     EVAL="--n 2000 --sampler ddpm --steps 50 --compile" bash benchmarks/recipe_sweep.sh 10 batch128 batch64
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-5}; shift || true
@@ -30,6 +30,7 @@ declare -A VARIANTS=(
   [cosine]="--schedule cosine"
   [attention7]="--attention-resolutions 7"
   [batch64]="--batch-size 64"
+  [batch128]="--batch-size 128"  # the recipe's own batch, which a budget of 15 minutes or less changes
   [batch64-lr2e-3]="--batch-size 64 --lr 2e-3"
   [batch32]="--batch-size 32"
   [wide]="--base-channels 64"
