@@ -30,7 +30,7 @@ from pixeldiffusion.config import (
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.models.autoencoder import AutoencoderConfig
 from pixeldiffusion.models.unet import UNetConfig
-from pixeldiffusion.process import setup, teardown
+from pixeldiffusion.process import launch_rank, setup, teardown
 from pixeldiffusion.recipes import RECIPES, budget_fields, default_config
 from pixeldiffusion.visualize import IMAGE_SUFFIXES, STRIP_COLUMNS
 
@@ -263,17 +263,23 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise PixelDiffusionError(
                 f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out"
             )
-        size, side, padded = config.pixel_size, config.model.image_size, " (padded)" * config.data.pad
-        latents = f", diffused as {config.model.in_channels}x{side}x{side} latents" * bool(config.latent.autoencoder)
-        print(f"{dataset} at {size}x{size} pixels{padded}{latents}; --image-size to change")
-        budgeted = {} if args.config else budget_fields(dataset, config.length.minutes)
-        if budgeted := {path: v for path, v in budgeted.items() if path not in fields}:
-            settings = ", ".join(f"{flag_name(path)} {v}" for path, v in budgeted.items())
-            print(f"for {config.length.minutes:g} minutes the recipe trains with {settings}")
+        if launch_rank() == 0:  # once per launch, not once per torchrun process
+            print_training_header(config, args, fields)
     summary = train(
         config, run_dir, model=model, resume=bool(args.resume), callbacks=run_callbacks(args, config, run_dir)
     )
     report(summary, args, config)
+
+
+def print_training_header(config: RunConfig, args: argparse.Namespace, fields: dict[str, Any]) -> None:
+    """What a new run trains on, and what its time budget changed in the recipe (the flags given aside)."""
+    dataset, side, padded = config.data.dataset, config.model.image_size, " (padded)" * config.data.pad
+    latents = f", diffused as {config.model.in_channels}x{side}x{side} latents" * bool(config.latent.autoencoder)
+    print(f"{dataset} at {config.pixel_size}x{config.pixel_size} pixels{padded}{latents}; --image-size to change")
+    budgeted = {} if args.config else budget_fields(dataset, config.length.minutes)
+    if budgeted := {path: v for path, v in budgeted.items() if path not in fields}:
+        settings = ", ".join(f"{flag_name(path)} {v}" for path, v in budgeted.items())
+        print(f"for {config.length.minutes:g} minutes the recipe trains with {settings}")
 
 
 def run_callbacks(args: argparse.Namespace, config: RunConfig, run_dir: Path) -> tuple:

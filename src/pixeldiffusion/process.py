@@ -86,10 +86,15 @@ def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.devic
     return torch.device(name)
 
 
+def launch_rank() -> int:
+    """This process's rank in a torchrun launch (0 without one), known before the process group is joined."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: str | torch.device = "auto") -> Process:
     """Join the process group of a torchrun launch (if any) and pick this process's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = launch_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     where = resolve_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if where.type == "cuda":
