@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, run_cli
 from pixeldiffusion import checkpoint as ckpt
-from pixeldiffusion.config import DiffusionConfig, RunConfig
+from pixeldiffusion.config import DiffusionConfig, RunConfig, SampleConfig
 from pixeldiffusion.errors import PixelDiffusionError
 from pixeldiffusion.interop import hub, push
 from pixeldiffusion.interop.diffusers import WEIGHTS, ConversionError, read_folder
@@ -136,14 +136,17 @@ def test_import_then_export_round_trips_the_weights_exactly(tmp_path, kind):
     )
 
 
-def fake_run(run_dir, model: UNetConfig, *, prediction="eps", seed=0) -> Pipeline:
-    """A run directory with one checkpoint of a randomly initialised network (no layer left at zero)."""
+def fake_run(run_dir, model: UNetConfig, *, prediction="eps", seed=0, **fields) -> Pipeline:
+    """A run directory with one checkpoint of a randomly initialised network (no layer left at zero); `fields`
+    replace parts of its RunConfig (sample=...)."""
     torch.manual_seed(seed)
     net = UNet(model)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    config = RunConfig(model=model, diffusion=DiffusionConfig(schedule=ScheduleConfig(), prediction=prediction))
+    config = RunConfig(
+        model=model, diffusion=DiffusionConfig(schedule=ScheduleConfig(), prediction=prediction), **fields
+    )
     weights = {f"{prefix}/{k}": v.clone() for prefix in ("model", "ema") for k, v in net.state_dict().items()}
     meta = {"config": json.loads(config.to_json()), "step": 7, "elapsed": 90.0, "class_names": []}
     ckpt.save_checkpoint(run_dir / "checkpoints" / ckpt.checkpoint_name(7), weights, meta)
@@ -173,7 +176,8 @@ def test_our_run_exported_gives_diffusers_the_same_output(tmp_path, name):
     prediction = "v" if "v-prediction" in name else "eps"
     ours = fake_run(tmp_path / "run", OURS[name], prediction=prediction)
     export_diffusers(tmp_path / "run", tmp_path / "out")
-    pipeline = diffusers.DDPMPipeline.from_pretrained(tmp_path / "out")
+    pipeline = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "out")
+    assert isinstance(pipeline, diffusers.DDIMPipeline)  # the run samples with DDIM (RunConfig's default)
     assert pipeline.scheduler.config.prediction_type == {"eps": "epsilon", "v": "v_prediction"}[prediction]
     unet = pipeline.unet.eval()
     c = ours.config.model.in_channels
@@ -186,10 +190,37 @@ def test_our_run_exported_gives_diffusers_the_same_output(tmp_path, name):
     # diffusers embeds t - 1, rotated back to t in the first layer of the time MLP: float32 angles near 1000 differ
     # by a few 1e-5 rad
     torch.testing.assert_close(got, expected, rtol=0, atol=2e-4)
-    if not ours.config.model.num_classes:  # DDPMPipeline passes no labels
+    if not ours.config.model.num_classes:  # DDIMPipeline passes no labels
         assert pipeline(batch_size=1, num_inference_steps=2, output_type="np").images.shape == (1, 8, 8, c)
     again = Pipeline.from_pretrained(tmp_path / "out", device="cpu")  # the exported folder comes back in as well
     assert again.class_names == ours.class_names and again.config.diffusion.prediction == prediction
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_export_carries_the_runs_sampler(tmp_path, sampler):
+    """A DDIM-sampled run (a progressive student among them) exports as a DDIMPipeline that gives our images at
+    the run's steps; a DDPM-sampled one as a DDPMPipeline with the run's posterior variance."""
+    sampling = SampleConfig(sampler=sampler, steps=4)
+    ours = fake_run(tmp_path / "run", OURS["unconditional, additive, v-prediction"], prediction="v", sample=sampling)
+    export_diffusers(tmp_path / "run", tmp_path / "out")
+    pipeline = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "out")
+    if sampler == "ddpm":
+        assert isinstance(pipeline, diffusers.DDPMPipeline)
+        assert pipeline.scheduler.config.variance_type == "fixed_small"
+        return
+    assert isinstance(pipeline, diffusers.DDIMPipeline) and isinstance(pipeline.scheduler, diffusers.DDIMScheduler)
+    theirs = pipeline(
+        batch_size=2,
+        generator=torch.Generator().manual_seed(0),
+        num_inference_steps=4,
+        use_clipped_model_output=True,
+        output_type="np",
+    ).images
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x0 = sample(ours.model, ours.schedule, x_T, prediction="v", sampler="ddim", steps=4, spacing="trailing")
+    mine = (x0 / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+    torch.testing.assert_close(mine, torch.from_numpy(theirs), rtol=0, atol=1e-3)
 
 
 def test_a_bare_unet_folder_with_its_scheduler_config_beside_it(tmp_path):
@@ -271,7 +302,8 @@ def test_pushed_run_and_diffusers_repo_load_from_the_offline_cache(tmp_path, off
     card = (tmp_path / "upload" / "README.md").read_text()
     assert "`digits`: 7 steps in 1.5 minutes" in card and "| fd | 12.35 |" in card and "sampler ddim, steps 50" in card
     assert "![samples](samples.png)" in card and (tmp_path / "upload" / "samples.png").is_file()
-    assert "DDPMPipeline" in card and "last label is guidance's null class" in card
+    assert 'DDIMPipeline.from_pretrained("me/tiny")(batch_size=8, num_inference_steps=50)' in card
+    assert "last label is guidance's null class" in card
     cache_repo(offline_hub, "me/tiny", tmp_path / "upload")
     theirs = save_pipeline(tmp_path / "theirs", diffusers_unet("ddpm-cifar10-32"), variance_type="fixed_large")
     cache_repo(offline_hub, "google/tiny-ddpm", theirs)

@@ -119,7 +119,7 @@ def test_eval_scores_the_decoded_samples(latent_run, tmp_path, monkeypatch, caps
 def test_a_pushed_latent_run_keeps_its_autoencoder_and_has_no_diffusers_twin(latent_run, tmp_path):
     folder = repository_folder(latent_run, tmp_path / "repo", repo="user/latent")
     card = (folder / "README.md").read_text()
-    assert "16x16 latent diffusion model" in card and "no DDPMPipeline counterpart" in card
+    assert "16x16 latent diffusion model" in card and "no diffusers pipeline counterpart" in card
     assert Pipeline.from_pretrained(folder).sample(2, steps=2).images.shape == (2, 1, 16, 16)
-    with pytest.raises(ConversionError, match="a latent diffusion model has no DDPMPipeline counterpart"):
+    with pytest.raises(ConversionError, match="a latent diffusion model has no diffusers pipeline counterpart"):
         export_diffusers(latent_run, tmp_path / "diffusers")

@@ -276,15 +276,26 @@ def schedule_from_diffusers(values: dict[str, Any]) -> tuple[ScheduleConfig, str
     return schedule, PREDICTIONS[cfg["prediction_type"]], bool(cfg["clip_sample"]), variance
 
 
+def pipeline_class(sampler: str) -> str:
+    """The diffusers pipeline that samples like `sampler`: DDIMPipeline for DDIM (a progressive student samples
+    with nothing else), DDPMPipeline for the rest; its scheduler is named alike."""
+    return "DDIMPipeline" if sampler == "ddim" else "DDPMPipeline"
+
+
 def scheduler_config_to_diffusers(
-    schedule: ScheduleConfig, prediction: str, *, clip_x0: bool, variance: str = "posterior"
+    schedule: ScheduleConfig, prediction: str, *, clip_x0: bool, variance: str = "posterior", sampler: str = "ddpm"
 ) -> dict:
-    """A DDPMScheduler scheduler_config.json of a schedule; ConversionError for what diffusers cannot express."""
+    """The scheduler_config.json of a schedule, for `pipeline_class(sampler)`'s scheduler (DDIM's ends its last step
+    at x0, as ours does); ConversionError for what diffusers cannot express."""
     kind = next(name for name, ours in BETA_SCHEDULES.items() if ours == schedule.kind)
     if schedule.kind == "cosine" and schedule.cosine_s != COSINE_S:
         raise ConversionError(f"diffusers' cosine schedule has s = {COSINE_S}, this one {schedule.cosine_s}")
+    if pipeline_class(sampler) == "DDIMPipeline":
+        name, step = "DDIMScheduler", {"set_alpha_to_one": True, "steps_offset": 0}
+    else:
+        name, step = "DDPMScheduler", {"variance_type": "fixed_small" if variance == "posterior" else "fixed_large"}
     return {
-        "_class_name": "DDPMScheduler",
+        "_class_name": name,
         "_diffusers_version": DIFFUSERS_VERSION,
         "num_train_timesteps": schedule.timesteps,
         "beta_start": schedule.beta_start,
@@ -293,7 +304,7 @@ def scheduler_config_to_diffusers(
         "prediction_type": next(theirs for theirs, ours in PREDICTIONS.items() if ours == prediction),
         "clip_sample": clip_x0,
         "clip_sample_range": 1.0,
-        "variance_type": "fixed_small" if variance == "posterior" else "fixed_large",
+        **step,
         "timestep_spacing": "trailing",
     }
 
@@ -502,18 +513,22 @@ def write_folder(
     *,
     clip_x0: bool = True,
     variance: str = "posterior",
+    sampler: str = "ddpm",
     class_names: tuple[str, ...] = (),
 ) -> Path:
-    """Write a DDPMPipeline folder (model_index.json, unet/, scheduler/) that diffusers' `from_pretrained` loads;
-    ConversionError, before anything is written, for a model without a UNet2DModel counterpart."""
+    """Write the folder of `pipeline_class(sampler)` (model_index.json, unet/, scheduler/) that diffusers'
+    `from_pretrained` loads; ConversionError, before anything is written, for a model without a UNet2DModel
+    counterpart."""
     folder = Path(folder)
     tensors, null_class = state_dict_to_diffusers(state, config)
     unet_values = unet_config_to_diffusers(config, null_class=null_class, class_names=class_names)
-    scheduler_values = scheduler_config_to_diffusers(schedule, prediction, clip_x0=clip_x0, variance=variance)
+    scheduler_values = scheduler_config_to_diffusers(
+        schedule, prediction, clip_x0=clip_x0, variance=variance, sampler=sampler
+    )
     index = {
-        "_class_name": "DDPMPipeline",
+        "_class_name": pipeline_class(sampler),
         "_diffusers_version": DIFFUSERS_VERSION,
-        "scheduler": ["diffusers", "DDPMScheduler"],
+        "scheduler": ["diffusers", scheduler_values["_class_name"]],
         "unet": ["diffusers", "UNet2DModel"],
     }
     try:

@@ -22,7 +22,7 @@ from pixeldiffusion.models.autoencoder import Autoencoder, AutoencoderConfig
 HUB_PREFIX = "hf://"
 REPO_NAME = re.compile(r"[\w.-]+/[\w.-]+(@\S+)?")  # user/repo[@revision]
 UNKNOWN_DATASET = "unknown"  # the dataset of an imported model: diffusers does not record it
-LATENT_NOTE = "a latent diffusion model has no DDPMPipeline counterpart (it would lose its autoencoder)"
+LATENT_NOTE = "a latent diffusion model has no diffusers pipeline counterpart (it would lose its autoencoder)"
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def _from_diffusers(folder: Path) -> Pretrained:
 
 
 def export_diffusers(source: str | Path, out: str | Path) -> Path:
-    """Write the model of `source` (anything `read_model` opens; a run's EMA weights) as a DDPMPipeline folder that
+    """Write the model of `source` (anything `read_model` opens; a run's EMA weights) as a pipeline folder that
     diffusers loads; ConversionError, before writing, for a model that has no UNet2DModel counterpart."""
     found = read_model(source)
     if found.config.latent.autoencoder:
@@ -138,6 +138,7 @@ def export_diffusers(source: str | Path, out: str | Path) -> Path:
         found.config.diffusion.prediction,
         clip_x0=found.config.sample.clip_x0,
         variance=found.config.sample.variance,
+        sampler=found.config.sample.sampler,
         class_names=found.class_names,
     )
 

@@ -1,9 +1,9 @@
 """A run on the Hub: the repository folder `pixeldiffusion push` uploads, and its model card.
 
 The repository holds our own checkpoint (pixeldiffusion.safetensors: the configuration and the EMA weights, which
-load losslessly), a diffusers DDPMPipeline folder beside it when the network maps onto UNet2DModel (so that
-diffusers users load it too), the run's sample grid, and README.md written from the run: dataset, steps, minutes,
-the latest evaluation's scores.
+load losslessly), a diffusers pipeline folder beside it when the network maps onto UNet2DModel (so that
+diffusers users load it too, as a DDIMPipeline or DDPMPipeline after the run's sampler), the run's sample grid,
+and README.md written from the run: dataset, steps, minutes, the latest evaluation's scores.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def repository_folder(run_dir: str | Path, folder: str | Path, *, repo: str) -> 
             config.diffusion.prediction,
             clip_x0=config.sample.clip_x0,
             variance=config.sample.variance,
+            sampler=config.sample.sampler,
             class_names=found.class_names,
         )
         diffusers_note = None
@@ -114,8 +115,9 @@ def model_card(
     if diffusers_note:
         lines += [f"No diffusers folder: {diffusers_note}.", ""]
     else:
-        load = f'images = DDPMPipeline.from_pretrained("{repo}")(batch_size=8).images'
-        lines += ["```python", "from diffusers import DDPMPipeline", "", load, "```", ""]
+        pipeline, steps = diffusers.pipeline_class(config.sample.sampler), config.sample.steps
+        load = f'images = {pipeline}.from_pretrained("{repo}")(batch_size=8, num_inference_steps={steps}).images'
+        lines += ["```python", f"from diffusers import {pipeline}", "", load, "```", ""]
         if model.num_classes:
             null = f"If its num_class_embeds is {model.num_classes + 1}, the last label is guidance's null class."
             lines += [null, ""]
