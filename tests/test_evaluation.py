@@ -19,7 +19,7 @@ from pixeldiffusion.data import download, load_dataset
 from pixeldiffusion.errors import PixelDiffusionError
 from pixeldiffusion.evaluation import callback, classifier, statistics
 from pixeldiffusion.evaluation.classifier import train_classifier
-from pixeldiffusion.evaluation.evaluate import as_uint8_images, evaluate_images, read_arrays
+from pixeldiffusion.evaluation.evaluate import as_uint8_images, data_labels, evaluate_images, read_arrays
 from pixeldiffusion.evaluation.inception import WEIGHTS_FILE, FIDInception, load_inception
 from pixeldiffusion.evaluation.reference import Reference
 from pixeldiffusion.pipeline import Pipeline
@@ -193,6 +193,21 @@ def test_a_classifier_below_the_minimum_accuracy_is_refused(run, tmp_path, capsy
         f"--out {weak}\n"
     )
     assert "below the 95%" in fails(capsys, "eval", "--run", str(run), "--n", "4", "--classifier", str(weak))
+
+
+def test_evaluation_samples_the_classes_in_the_datas_proportions():
+    emoji = Reference.of_dataset("emoji")
+    labels = torch.tensor(data_labels(1000, emoji, emoji.held_out.class_names))
+    share = torch.bincount(emoji.held_out.labels) / len(emoji.held_out.labels)
+    assert (torch.bincount(labels) - 1000 * share).abs().max() <= 1  # people & body: 598 of 1000
+    digits = Reference.of_dataset("digits")
+    assert torch.bincount(torch.tensor(data_labels(100, digits, digits.held_out.class_names))).tolist() == [10] * 10
+    assert data_labels(10, digits, ("cat", "dog")) is None  # a model of other classes: each in turn
+
+
+def test_a_classifier_trains_long_enough_by_default():
+    assert classifier.default_epochs(Reference.of_dataset("digits")) == 21
+    assert classifier.default_epochs(Reference.of_dataset("emoji")) == 20  # semantic classes: 84% held out
 
 
 def test_evaluation_with_no_classifier_trains_one_and_says_so(tmp_path, monkeypatch, capsys):

@@ -160,6 +160,20 @@ def score(
     )
 
 
+def data_labels(n: int, reference: Reference, classes: tuple[str, ...]) -> list[int] | None:
+    """n class indices in the proportions of the reference images' classes (class c for sample i when the classes'
+    cumulative share first exceeds (i + 1/2) / n), so that the samples' mixture of classes is the data's: the
+    Frechet distance compares with p(x) = sum_y p(y) p(x | y), and on unbalanced data (the emoji: 60% people)
+    every class in turn would be a different distribution. None (every class in turn) when the reference has no
+    labels or other classes than the model."""
+    labels = reference.held_out.labels
+    if labels is None or reference.held_out.class_names != classes:
+        return None
+    share = torch.bincount(labels, minlength=len(classes)).double().cumsum(0)
+    share /= share[-1].clone()
+    return torch.searchsorted(share, (torch.arange(n, dtype=torch.float64) + 0.5) / n, right=True).tolist()
+
+
 def sample_and_score(
     pipe: Pipeline,
     config: SampleConfig,
@@ -170,10 +184,11 @@ def sample_and_score(
     processes: Process | None = None,
     progress: bool = False,
 ) -> Evaluation:
-    """Sample config.n images with these settings (every class in turn for a class-conditional model) and `score`
-    them, the requested classes given to the classifier; with `processes`, the sampling is shared out over them;
-    `progress` shows a progress bar of the sampling."""
-    samples = pipe.sample(processes=processes, progress=progress, **asdict(config))
+    """Sample config.n images with these settings (a class-conditional model's classes in the reference's
+    proportions, `data_labels`) and `score` them, the requested classes given to the classifier; with `processes`,
+    the sampling is shared out over them; `progress` shows a progress bar of the sampling."""
+    labels = data_labels(config.n, reference, pipe.classes) if pipe.conditioning == "class" else None
+    samples = pipe.sample(labels=labels, processes=processes, progress=progress, **asdict(config))
     return score(
         to_uint8(samples.images),
         reference=reference,
