@@ -8,6 +8,8 @@ import json
 import torch
 
 from conftest import REPO
+from pixeldiffusion.data import load_dataset, to_model_range
+from pixeldiffusion.evaluation.classifier import train_classifier
 
 
 def test_speed_benchmark_reports_every_row_for_matched_models(tmp_path, monkeypatch):
@@ -70,18 +72,41 @@ def test_speed_benchmark_reports_every_row_for_matched_models(tmp_path, monkeypa
         assert abs(n_ours / n_theirs - 1) < 0.1, name
 
 
+BASELINE = dict(
+    seed=0, channels=(8, 16), attention_at=0, layers=1, lr=1e-3, warmup=2, batch=4, bf16=False, minutes=0.02
+)
+
+
 def test_diffusers_baseline_trains_for_its_budget_and_samples(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     baseline = importlib.import_module("diffusers_baseline")
     monkeypatch.setattr(baseline, "ESTIMATE_AFTER", 2)
-    args = argparse.Namespace(
-        seed=0, channels=(8, 16), attention_at=0, layers=1, lr=1e-3, warmup=2, batch=4, bf16=False, minutes=0.02
-    )
+    args = argparse.Namespace(**BASELINE, eval_every=0)
     images = torch.rand(16, 1, 8, 8) * 2 - 1
     model, trained = baseline.train(args, images)
     assert trained["steps"] > 2 and trained["train_s"] >= 1.2 and not model.training
-    x = baseline.sample_ddim(model, n=5, steps=3, batch=2, seed=0)
+    ddim = baseline.DDIMScheduler(num_train_timesteps=1000)
+    x = baseline.sample(model, ddim, n=5, steps=3, batch=2, seed=0)
     assert x.shape == (5, 1, 8, 8) and x.isfinite().all() and x.abs().max() <= 1
+
+
+def test_diffusers_baseline_scores_its_curve_as_our_eval_every_does(monkeypatch, tmp_path):
+    """--eval-every: the EMA weights scored every N steps, outside the training clock, one metrics.jsonl line each."""
+    monkeypatch.setenv("PIXELDIFFUSION_CACHE", str(tmp_path / "cache"))
+    train_classifier("digits", widths=(16, 32))  # reaches the accuracy needed to score
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    baseline = importlib.import_module("diffusers_baseline")
+    monkeypatch.setattr(baseline, "ESTIMATE_AFTER", 2)
+    args = argparse.Namespace(
+        **BASELINE, eval_every=10, eval_samples=4, dataset="digits", data_dir=None, out=tmp_path / "out"
+    )
+    args.out.mkdir()
+    (args.out / "metrics.jsonl").write_text("a line of an earlier run\n")
+    model, trained = baseline.train(args, to_model_range(load_dataset("digits").images))
+    points = [json.loads(line) for line in (args.out / "metrics.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in points] == list(range(10, trained["steps"] + 1, 10)) and points
+    assert all(p["kind"] == "eval" and p["fd"] > 0 and p["elapsed_s"] <= trained["train_s"] + 0.1 for p in points)
+    assert not model.training
 
 
 def test_nfe_curve_steps_spend_the_requested_evaluations(monkeypatch):

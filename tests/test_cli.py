@@ -152,6 +152,7 @@ def trained(tmp_path_factory):
         (["show", "schedule", "--schedule", "linear,exp"], "unknown schedule 'exp'"),
         (["show", "schedule", "--out", "s.bmp"], "argument --out: 's.bmp': name the file .png or .jpg"),
         (["show", "run"], "show run needs the run directory"),
+        (["show", "runs", "a"], "show runs compares runs: pixeldiffusion show runs DIR DIR"),
         (["serve", "--run", "x", "--port", "70000"], "a port is at most 65535"),
         (["train-classifier", "--dataset", "digits", "--epochs", "0"], "expected a whole number >= 1"),
         (["sample", "--run", "x", "--out", "grid.bmp"], "'grid.bmp': name the file .png or .jpg or .jpeg"),
@@ -207,7 +208,7 @@ def test_show_run_takes_run_like_every_command(capsys, tmp_path, trained):
         assert Image.open(out).format == "PNG"
         out.unlink()
     status, err = run_main(capsys, "show", "run", str(trained), "--run", str(tmp_path))
-    assert status == 2 and "two run directories given" in err
+    assert status == 2 and "show run shows one run, given" in err and "(show runs compares them)" in err
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny_config
+from pixeldiffusion.cli import main
 from pixeldiffusion.data import load_dataset
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.pipeline import Pipeline
@@ -24,6 +25,7 @@ from pixeldiffusion.visualize import (
     image_grid,
     latest_samples,
     run_figure,
+    runs_figure,
     save_animation,
     save_image,
     save_video,
@@ -116,6 +118,35 @@ def test_run_figure_plots_metrics_evaluations_and_samples(run_dir, tmp_path):
     assert saved(run_figure(run), tmp_path / "run.png").size == (1300, 700)
     (run / "samples.png").unlink()
     assert saved(run_figure(run), tmp_path / "bare.png").size == (1300, 700)  # no samples, still a figure
+
+
+def evaluated(folder, points, *, n=500, extractor="classifier digits-16"):
+    """A folder whose metrics.jsonl holds evaluation lines at (minutes, fd) points, as train --eval-every logs them."""
+    folder.mkdir()
+    lines = [{"kind": "eval", "step": i, "elapsed_s": 60 * m, "fd": fd, "n": n, "extractor": extractor}
+             for i, (m, fd) in enumerate(points)]  # fmt: skip
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder
+
+
+def test_runs_figure_compares_runs_in_one_feature_space(tmp_path):
+    ours = evaluated(tmp_path / "ours", [(1, 9.0), (2, 3.0), (3, 1.0)])
+    with open(ours / "metrics.jsonl", "a") as f:  # the final evaluation at another count is left out
+        f.write(json.dumps({"kind": "eval", "step": 9, "elapsed_s": 200, "fd": 0.5, "n": 5000}) + "\n")
+    theirs = evaluated(tmp_path / "theirs", [(1.5, 12.0), (3, 6.0)])
+    assert saved(runs_figure([ours, theirs], ["ours", "diffusers"]), tmp_path / "runs.png").size == (800, 500)
+    out = tmp_path / "cli.png"
+    assert main(["show", "runs", str(ours), str(theirs), "--labels", "ours,diffusers", "--out", str(out)]) == 0
+    assert Image.open(out).size == (800, 500)
+    with pytest.raises(PixelDiffusionError, match="1 labels for 2 runs"):
+        runs_figure([ours, theirs], ["ours"])
+    other = evaluated(tmp_path / "inception", [(1, 30.0)], extractor="inception")
+    with pytest.raises(PixelDiffusionError, match="different feature spaces: classifier digits-16, inception"):
+        runs_figure([ours, other])
+    (tmp_path / "unevaluated").mkdir()
+    (tmp_path / "unevaluated" / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.1}) + "\n")
+    with pytest.raises(PixelDiffusionError, match="not evaluated during training: train it with --eval-every N"):
+        runs_figure([ours, tmp_path / "unevaluated"])
 
 
 def test_run_figure_needs_a_run_directory(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -424,13 +425,17 @@ def cmd_show(args: argparse.Namespace) -> None:
             print(f"wrote {args.gif} ({len(frames)} frames)")
     elif args.what == "schedule":
         figure = visualize.schedule_figure(schedules)
+    elif args.what == "runs":
+        if len(args.run) < 2:
+            raise PixelDiffusionError("show runs compares runs: pixeldiffusion show runs DIR DIR [...]")
+        figure = visualize.runs_figure(args.run, args.labels)
     else:
-        if args.run and args.run_dir and args.run != args.run_dir:
-            raise PixelDiffusionError(f"two run directories given: {args.run} and --run {args.run_dir}")
-        run = args.run_dir or args.run
-        if not run:
+        given = list(dict.fromkeys([*args.run, *([args.run_dir] if args.run_dir else [])]))
+        if len(given) > 1:
+            raise PixelDiffusionError(f"show run shows one run, given {', '.join(given)} (show runs compares them)")
+        if not given:
             raise PixelDiffusionError("show run needs the run directory: pixeldiffusion show run --run DIR")
-        figure = visualize.run_figure(run)
+        figure = visualize.run_figure(given[0])
     out = args.out or f"{args.what}.png"
     visualize.save_image(figure, out)
     print(f"wrote {out} ({figure.width}x{figure.height})")
@@ -544,10 +549,30 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> None:
     print(f"diffuse in its latent space with:\n  pixeldiffusion train --autoencoder {args.out} --dataset DATASET")
 
 
+def cmd_ema(args: argparse.Namespace) -> None:
+    from pixeldiffusion.evaluation.evaluate import evaluate_run
+    from pixeldiffusion.training import ema
+
+    optim = RunConfig.load(Path(args.run) / "config.json").optim
+    out = Path(args.out or Path(args.run) / "ema")
+    for sigma_rel in args.sigma_rel:
+        path, info = ema.write_posthoc(args.run, sigma_rel, out / f"sigma_rel-{sigma_rel:.3f}.safetensors", args.step)
+        halflife = sigma_rel * math.log(2) * info["step"]
+        line = f"sigma_rel {sigma_rel:.3f} (an EMA of half-life {halflife:.0f} steps at step {info['step']}): {path}"
+        if args.eval:
+            evaluation, _ = evaluate_run(path, n=args.eval, device=device(args))
+            line += f"  Frechet distance {evaluation.fd:.4g} (n = {args.eval})"
+        print(line)
+    halflife = min(optim.ema_halflife, optim.ema_rampup * info["step"])
+    own = ema.sigma_rel_of_halflife(halflife, info["step"])
+    print(f"the run's own EMA (half-life {halflife:.0f} steps at step {info['step']}) has sigma_rel {own:.3f}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from pixeldiffusion.interop.pretrained import export_diffusers
 
-    print(f"wrote a diffusers DDPMPipeline folder: {export_diffusers(args.run, args.out)}")
+    folder = export_diffusers(args.run, args.out)
+    print(f"wrote a diffusers pipeline folder (DiffusionPipeline.from_pretrained loads it): {folder}")
 
 
 def cmd_push(args: argparse.Namespace) -> None:
@@ -673,10 +698,20 @@ def parser() -> argparse.ArgumentParser:
     d = command("datasets", "list the dataset names, their sizes and whether they are cached")
     d.set_defaults(func=cmd_datasets)
 
-    v = command("show", "pictures: the forward process, the schedules, or a training run")
-    v.add_argument("what", choices=("forward", "schedule", "run"), help="the forward process, schedules or a run")
-    v.add_argument("run", nargs="?", help="show run: the run directory (or --run DIR)")
+    v = command("show", "pictures: the forward process, the schedules, a training run, or runs compared")
+    v.add_argument(
+        "what",
+        choices=("forward", "schedule", "run", "runs"),
+        help="the forward process, schedules, a run, or runs' Frechet distance against training minutes",
+    )
+    v.add_argument("run", nargs="*", help="show run: the run directory (or --run DIR); show runs: two or more")
     v.add_argument("--run", dest="run_dir", help="show run: the run directory")
+    v.add_argument(
+        "--labels",
+        type=lambda text: tuple(label.strip() for label in text.split(",")),
+        default=(),
+        help="show runs: the runs' names in the legend, comma-separated (default: the directories' names)",
+    )
     v.add_argument("--dataset", default="digits", help="show forward: the dataset whose images are noised")
     v.add_argument("--data-dir", help="show forward: a directory holding the dataset's files")
     v.add_argument("--image-size", type=at_least(1), help="show forward: the size (default: the one train uses)")
@@ -781,7 +816,25 @@ def parser() -> argparse.ArgumentParser:
     i = command("download-inception", "download pytorch-fid's Inception weights into the cache")
     i.set_defaults(func=cmd_download_inception)
 
-    x = command("export", "write a model in another library's format: a diffusers DDPMPipeline folder")
+    e = command(
+        "ema",
+        "post-hoc EMA: the EMA of other lengths, made after training from the snapshots of a run trained with "
+        "--ema-snapshot-every",
+    )
+    e.add_argument("--run", required=True, help="run directory")
+    e.add_argument(
+        "--sigma-rel",
+        required=True,
+        type=numbers(float, "numbers"),
+        help="the lengths, comma-separated: the profile's standard deviation relative to the step (e.g. 0.05,0.1)",
+    )
+    e.add_argument("--step", type=at_least(1), help="the EMA at this step (default: the last snapshot's)")
+    e.add_argument("--out", help="folder of the checkpoints written (default: RUN/ema)")
+    e.add_argument("--eval", type=at_least(2), metavar="N", help="score each on N samples of the run's sampler")
+    add_device(e)
+    e.set_defaults(func=cmd_ema)
+
+    x = command("export", "write a model in another library's format: a diffusers pipeline folder")
     x.add_argument("--run", required=True, help=RUN_HELP)
     x.add_argument("--format", choices=("diffusers",), default="diffusers", help="the format written")
     x.add_argument("--out", required=True, help="the folder to write")

@@ -131,6 +131,13 @@ class OptimConfig:
     ema_rampup: float = field(
         default=0.1, metadata={"help": "early on, the EMA half-life is at most this fraction of the steps (EDM)"}
     )
+    ema_snapshot_every: int = field(
+        default=0,
+        metadata={
+            "help": "post-hoc EMA: steps between snapshots of two power-function EMAs, from which `pixeldiffusion "
+            "ema` makes the EMA of any length after training (0: none)"
+        },
+    )
 
     def __post_init__(self):
         _choice("lr decay", self.lr_decay, LR_DECAYS)
@@ -141,7 +148,7 @@ class OptimConfig:
             )
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
-        _at_least(self, 0, "warmup_steps", "weight_decay", "grad_clip", "ema_rampup")
+        _at_least(self, 0, "warmup_steps", "weight_decay", "grad_clip", "ema_rampup", "ema_snapshot_every")
         if not self.ema_halflife > 0:
             raise ConfigError(f"ema_halflife must be positive, got {self.ema_halflife}")
         if not 0 <= self.cond_dropout < 1:

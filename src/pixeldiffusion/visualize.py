@@ -275,9 +275,7 @@ def _plot_evaluations(ax: Axes, evaluations: list[dict], key: str, xlabel: str, 
     and accuracy (right), against key / unit; only the lines of the most frequent sample count, since scores at
     different counts do not compare."""
     ax.set(title=f"evaluation against {xlabel}", xlabel=xlabel)
-    points = [record for record in evaluations if key in record and _is_number(record.get("fd"))]
-    counts = [record.get("n") for record in points]
-    points = [record for record in points if record.get("n") == max(counts, key=counts.count)] if points else []
+    points = _comparable(evaluations, key)
     if not points:
         ax.text(0.5, 0.5, f"no evaluation with {xlabel} recorded", ha="center", va="center", transform=ax.transAxes)
         return
@@ -298,6 +296,13 @@ def _plot_evaluations(ax: Axes, evaluations: list[dict], key: str, xlabel: str, 
     shares.set(ylim=(0, 1.02))
     lines = ax.get_legend_handles_labels()[0] + shares.get_legend_handles_labels()[0]
     ax.legend(lines, [line.get_label() for line in lines], loc="center right", fontsize="small")
+
+
+def _comparable(evaluations: list[dict], key: str) -> list[dict]:
+    """The evaluation lines that record `key` and a Frechet distance, of the most frequent sample count only."""
+    points = [record for record in evaluations if key in record and _is_number(record.get("fd"))]
+    counts = [record.get("n") for record in points]
+    return [record for record in points if record.get("n") == max(counts, key=counts.count)] if points else []
 
 
 def _is_number(value: object) -> bool:
@@ -346,6 +351,34 @@ def run_figure(run_dir: str | Path) -> Image.Image:
     if training:
         last = training[-1]
         figure.suptitle(f"{run_dir.name}: step {last['step']}, {last.get('elapsed_s', 0) / 60:.1f} training minutes")
+    return _render(figure)
+
+
+def runs_figure(run_dirs: Sequence[str | Path], labels: Sequence[str] = ()) -> Image.Image:
+    """Runs side by side (800 x 500 pixels): the Frechet distance of each run's evaluations during training (its
+    most frequent sample count) against training minutes, on a log scale. Any folder whose metrics.jsonl has
+    "kind": "eval" lines with "elapsed_s" and "fd" takes part (the diffusers baseline's among them)."""
+    if labels and len(labels) != len(run_dirs):
+        raise PixelDiffusionError(f"{len(labels)} labels for {len(run_dirs)} runs")
+    figure = Figure(figsize=(8, 5), dpi=100, layout="constrained")
+    ax = figure.add_subplot()
+    spaces = set()
+    for i, run_dir in enumerate(map(Path, run_dirs)):
+        path = run_dir / "metrics.jsonl"
+        if not path.is_file():
+            raise PixelDiffusionError(f"{run_dir} has no metrics.jsonl: give the directories of training runs")
+        points = _comparable(_read_metrics(path)[1], "elapsed_s")
+        if not points:
+            raise PixelDiffusionError(f"{run_dir} was not evaluated during training: train it with --eval-every N")
+        spaces.add(points[-1].get("extractor", "features"))
+        label = f"{labels[i] if labels else run_dir.name} (n = {points[-1].get('n')})"
+        ax.plot([r["elapsed_s"] / 60 for r in points], [r["fd"] for r in points], marker="o", label=label)
+    if len(spaces) > 1:  # distances in different feature spaces do not compare
+        raise PixelDiffusionError(f"the runs were scored in different feature spaces: {', '.join(sorted(spaces))}")
+    ax.set(title="sample quality against training time", xlabel="training minutes", yscale="log")
+    ax.set(ylabel=f"Frechet distance ({spaces.pop()})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
     return _render(figure)
 
 

@@ -1,6 +1,8 @@
-"""Training: a run's state (`state`), the plan of its steps as pure functions (`plan`), the clock that all processes
-agree on (`clock`), one optimiser step (`step`) and the loop that puts them together (`loop`)."""
+"""Training: a run's state (`state`), the plan of its steps as pure functions (`plan`), the averages of its weights
+(`ema`, post-hoc EMA included), the clock that all processes agree on (`clock`), one optimiser step (`step`) and the
+loop that puts them together (`loop`)."""
 
+from pixeldiffusion.training.ema import update_ema
 from pixeldiffusion.training.loop import (
     Callback,
     Interrupted,
@@ -12,7 +14,7 @@ from pixeldiffusion.training.loop import (
     train,
 )
 from pixeldiffusion.training.plan import batch_indices, ema_decay, learning_rate, total_steps
-from pixeldiffusion.training.state import TrainState, update_ema
+from pixeldiffusion.training.state import TrainState
 
 __all__ = [
     "Callback",

@@ -148,7 +148,7 @@ class Trainer:
             check_fits(model, config)
         model = (model or UNet(config.model)).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, fused=True)
-        self.state = TrainState(model, optimizer, device=device)
+        self.state = TrainState(model, optimizer, device=device, posthoc=bool(optim.ema_snapshot_every))
         images, flipped, self.autoencoder = data.images.to(device), None, None
         # the dataset encoded once, as posterior means: a sample drawn once would only perturb each image for good
         if config.latent.autoencoder:
@@ -174,7 +174,7 @@ class Trainer:
                 f"the dataset has {len(images)} images, fewer than a batch of {optim.batch_size}: "
                 "each batch holds every image more than once"
             )
-        self._saved_step = -1
+        self._saved_step = self._snapshot_step = -1
 
     def make_step(self, images: torch.Tensor, cond: torch.Tensor | None, flipped: torch.Tensor | None) -> TrainStep:
         """The run's optimiser step (a distillation run has its own)."""
@@ -238,6 +238,12 @@ class Trainer:
         ckpt.prune_checkpoints(self.run_dir, self.config.log.keep)
         return path
 
+    def save_snapshot(self) -> None:
+        """Write the post-hoc EMAs of the current step (main process only), once per step."""
+        if self.process.is_main and self._snapshot_step != self.state.step:
+            self._snapshot_step = self.state.step
+            self.state.posthoc.save_snapshot(self.run_dir, self.state.step)
+
     def pipeline(self) -> Pipeline:
         """The EMA weights ready to sample, with the run's schedule, configuration and class names."""
         return Pipeline(
@@ -300,12 +306,16 @@ class Trainer:
                     steps, skipped, since = 0, int(self.state.skipped), 0.0
                 if step % log.checkpoint_every == 0:
                     self.save()
+                if self.config.optim.ema_snapshot_every and step % self.config.optim.ema_snapshot_every == 0:
+                    self.save_snapshot()
                 if log.sample_every and step % log.sample_every == 0 and main:  # the main process alone samples
                     self.pipeline().save_preview(self.run_dir / "samples" / f"step-{step:08d}.png")
                 for callback in self.callbacks:
                     callback(self.view)
             self.clock.agree()
             self.save()
+            if self.state.posthoc and not self.clock.stop_signal:  # post-hoc EMA can end where the run ends
+                self.save_snapshot()
         if self.clock.stop_signal:
             name = signal.Signals(self.clock.stop_signal).name
             raise Interrupted(

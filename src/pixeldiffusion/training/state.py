@@ -11,25 +11,19 @@ from torch import nn
 
 from pixeldiffusion import checkpoint as ckpt
 from pixeldiffusion.config import RunConfig
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float, keep: torch.Tensor | None = None) -> None:
-    """ema <- decay * ema + (1 - decay) * model, for parameters; buffers are copied. `keep`, a 0-dim tensor
-    on the device, scales the update (0 leaves the EMA as it is) without a host synchronisation."""
-    weight = 1.0 - decay if keep is None else keep * (1.0 - decay)
-    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], weight)
-    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
-        b_ema.copy_(b)
+from pixeldiffusion.training.ema import PowerEMAs
 
 
 class TrainState:
-    """Model, EMA, optimizer, step, training seconds and skipped steps; `tensors_and_meta` and `load` save and
-    restore all of it (checkpoint.py writes it)."""
+    """Model, EMA (and post-hoc EMA's power-function EMAs, with `posthoc`), optimizer, step, training seconds and
+    skipped steps; `tensors_and_meta` and `load` save and restore all of it (checkpoint.py writes it)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, device: torch.device):
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, device: torch.device, posthoc: bool = False
+    ):
         self.model = model
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        self.posthoc = PowerEMAs(model) if posthoc else None
         self.optimizer = optimizer
         self.step = 0
         self.elapsed = 0.0  # training seconds over all sessions of the run
@@ -39,6 +33,8 @@ class TrainState:
         """The checkpoint of this state: tensors, and JSON metadata (the config and `meta` included)."""
         tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         tensors.update({f"ema/{k}": v for k, v in self.ema.state_dict().items()})
+        if self.posthoc:
+            tensors.update(self.posthoc.tensors())
         optim_tensors, groups = ckpt.optimizer_tensors(self.optimizer)
         tensors.update(optim_tensors)
         return tensors, {
@@ -56,6 +52,8 @@ class TrainState:
         try:
             self.model.load_state_dict(ckpt.split_prefix(tensors, "model"))
             self.ema.load_state_dict(ckpt.split_prefix(tensors, "ema"))
+            if self.posthoc:
+                self.posthoc.load(tensors, path)
         except RuntimeError as e:
             raise ckpt.CheckpointError(f"{path} does not fit this model: {str(e).splitlines()[0]}") from e
         device = self.skipped.device

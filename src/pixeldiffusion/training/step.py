@@ -19,8 +19,9 @@ from pixeldiffusion.process import Process
 from pixeldiffusion.runtime import use_bf16, use_channels_last, use_compile
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.seeding import generator, stream_seed
+from pixeldiffusion.training.ema import update_ema
 from pixeldiffusion.training.plan import batch_indices, ema_decay, learning_rate, total_steps
-from pixeldiffusion.training.state import TrainState, update_ema
+from pixeldiffusion.training.state import TrainState
 
 
 @dataclass(frozen=True)
@@ -158,4 +159,6 @@ class TrainStep:
         state.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         update_ema(state.ema, state.model, ema_decay(state.step, optim.ema_halflife, optim.ema_rampup), keep)
+        if state.posthoc:
+            state.posthoc.update(state.model, state.step, keep)
         return torch.where(bad, 0.0, total)
