@@ -49,3 +49,21 @@ def test_the_clock_agrees_on_time_and_stop_requests_only_at_agreement_points():
     assert clock.elapsed == 0.0 and clock.stop_signal is None and not clock.out_of_time, "between agreement points"
     clock.tick(5)
     assert clock.elapsed == 12.0 and clock.out_of_time and clock.stop_signal == signal.SIGTERM
+
+
+def test_under_torchrun_the_clock_agrees_every_step_when_the_budget_may_end_before_the_next_point():
+    """Agreement points every 50 steps, one second a step, a budget of 120 s: the processes agree at steps 50 and
+    100, then, since 50 more steps would pass the budget, at every step; they stop at 120 s, not at step 150."""
+    process = TwoProcesses(rank=0, world_size=2)
+    process.other = [0.0, 0.0]
+    clock = RunClock(process, elapsed=0.0, budget_s=120.0, agree_every=50)
+    agreed, step = [], 0
+    while not clock.out_of_time:
+        step += 1
+        clock.local += 1.0
+        before = clock.elapsed
+        clock.tick(step)
+        if clock.elapsed != before:
+            agreed.append(step)
+    assert agreed[:2] == [50, 100] and agreed[2:] == list(range(101, 121)) and step == 120
+    assert clock.step_s == pytest.approx(1.0)

@@ -166,6 +166,7 @@ class Trainer:
             elapsed=self.state.elapsed,
             budget_s=60 * minutes if minutes else None,
             agree_every=config.log.log_every,
+            step=self.state.step,
         )
         self.callbacks = callbacks
         self.view = RunView(self)
