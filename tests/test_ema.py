@@ -93,7 +93,7 @@ def test_a_run_with_snapshots_resumes_exactly_and_rebuilds_its_tracked_emas(tmp_
     assert all(torch.equal(a[k], b[k]) for k in a), "the power EMAs continue exactly"
     for i, sigma in enumerate(TRACKED):  # a tracked length at the last snapshot is that snapshot
         state, info = reconstruct(tmp_path / "straight", sigma)
-        assert info["step"] == 5 and info["snapshots"] == [2, 4, 5]
+        assert info["step"] == 5 and info["snapshots"] == [2, 4, 5] and len(info["coefficients"]) == 6
         tracked = split_prefix(a, f"power{i}")
         assert all(torch.allclose(state[k], tracked[k], atol=1e-5) for k in tracked)
     with pytest.raises(PixelDiffusionError, match="no EMA snapshots up to step 1: train it with --ema-snapshot-every"):

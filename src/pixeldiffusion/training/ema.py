@@ -126,30 +126,30 @@ def reconstruct(
     run_dir: str | Path, sigma_rel: float, step: int | None = None
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """The EMA of length sigma_rel at `step` (default: the last snapshot's), as a state dict combined from the run's
-    snapshots up to that step, and what it was made of: {"sigma_rel", "step", "snapshots", "coefficients"}."""
+    snapshots up to that step, and what it was made of: {"sigma_rel", "step", "snapshots", "coefficients"}. The
+    snapshots are read twice, for their steps and then one at a time into the sum, so memory holds one of them."""
     paths = snapshots(run_dir, step)
-    steps, gammas, parts, buffers = [], [], [], set()
-    for path in paths:
-        tensors, meta = ckpt.load_checkpoint(path)
-        buffers = set(meta["buffers"])
-        for i, gamma in enumerate(meta["gamma"]):
-            steps.append(meta["step"])
-            gammas.append(gamma)
-            parts.append(ckpt.split_prefix(tensors, f"power{i}"))
+    metas = [ckpt.load_checkpoint(path)[1] for path in paths]
+    steps = [meta["step"] for meta in metas for _ in meta["gamma"]]
+    gammas = [gamma for meta in metas for gamma in meta["gamma"]]
     target = steps[-1] if step is None else step
     coefficients = combination(np.array(steps), np.array(gammas), target, gamma_of(sigma_rel))
-    state = {}
-    for name, last in parts[-1].items():
-        if name in buffers:  # as the EMA copies them
-            state[name] = last
-        else:
-            mixed = sum(float(c) * part[name].double() for c, part in zip(coefficients, parts, strict=True))
-            state[name] = mixed.to(last.dtype)
+    weights = iter(coefficients.tolist())
+    total: dict[str, torch.Tensor] = {}
+    for path, meta in zip(paths, metas, strict=True):
+        tensors = ckpt.load_checkpoint(path)[0]
+        for i in range(len(meta["gamma"])):
+            c = next(weights)
+            for name, value in ckpt.split_prefix(tensors, f"power{i}").items():
+                total[name] = total.get(name, 0.0) + c * value.double()
+    last, buffers = ckpt.split_prefix(tensors, "power0"), metas[-1]["buffers"]
+    # buffers as the EMA copies them, from the last snapshot
+    state = {name: value if name in buffers else total[name].to(value.dtype) for name, value in last.items()}
     info = {
         "sigma_rel": sigma_rel,
         "step": target,
         "snapshots": sorted(set(steps)),
-        "coefficients": [float(c) for c in coefficients],
+        "coefficients": coefficients.tolist(),
     }
     return state, info
 
