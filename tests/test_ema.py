@@ -18,6 +18,7 @@ from pixeldiffusion.training.ema import (
     TRACKED,
     combination,
     gamma_of,
+    halflife_of_sigma_rel,
     power_decay,
     reconstruct,
     sigma_rel_of,
@@ -34,6 +35,7 @@ def test_gamma_and_sigma_rel_are_inverse_with_the_papers_values():
             gamma_of(bad)
     # an exponential EMA's profile has deviation halflife / ln 2
     assert sigma_rel_of_halflife(500 * np.log(2), 5000) == pytest.approx(0.1)
+    assert halflife_of_sigma_rel(sigma_rel_of_halflife(300, 4000), 4000) == pytest.approx(300)
 
 
 def power_ema(trajectory: np.ndarray, gamma: float) -> np.ndarray:

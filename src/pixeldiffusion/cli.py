@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -552,18 +551,19 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> None:
 def cmd_ema(args: argparse.Namespace) -> None:
     from pixeldiffusion.evaluation.evaluate import evaluate_run
     from pixeldiffusion.training import ema
+    from pixeldiffusion.training.plan import ema_halflife
 
     optim = RunConfig.load(Path(args.run) / "config.json").optim
     out = Path(args.out or Path(args.run) / "ema")
     for sigma_rel in args.sigma_rel:
         path, info = ema.write_posthoc(args.run, sigma_rel, out / f"sigma_rel-{sigma_rel:.3f}.safetensors", args.step)
-        halflife = sigma_rel * math.log(2) * info["step"]
+        halflife = ema.halflife_of_sigma_rel(sigma_rel, info["step"])
         line = f"sigma_rel {sigma_rel:.3f} (an EMA of half-life {halflife:.0f} steps at step {info['step']}): {path}"
         if args.eval:
             evaluation, _ = evaluate_run(path, n=args.eval, device=device(args))
             line += f"  Frechet distance {evaluation.fd:.4g} (n = {args.eval})"
         print(line)
-    halflife = min(optim.ema_halflife, optim.ema_rampup * info["step"])
+    halflife = ema_halflife(info["step"], optim.ema_halflife, optim.ema_rampup)
     own = ema.sigma_rel_of_halflife(halflife, info["step"])
     print(f"the run's own EMA (half-life {halflife:.0f} steps at step {info['step']}) has sigma_rel {own:.3f}")
 

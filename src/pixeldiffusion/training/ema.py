@@ -58,6 +58,11 @@ def sigma_rel_of_halflife(halflife: float, step: int) -> float:
     return halflife / math.log(2) / step
 
 
+def halflife_of_sigma_rel(sigma_rel: float, step: int) -> float:
+    """The half-life in steps of the exponential EMA whose profile has the deviation sigma_rel at `step`."""
+    return sigma_rel * math.log(2) * step
+
+
 def power_decay(step: int, gamma: float) -> float:
     """beta_t = (1 - 1/t)^(gamma + 1): 0 at the first step, whose weights the EMA starts from."""
     return (1 - 1 / step) ** (gamma + 1)

@@ -66,8 +66,12 @@ def decayed_rate(lr: float, step: int, warmup_steps: int, decay: str, progress: 
     return lr * warm * shape[decay]
 
 
+def ema_halflife(step: int, halflife: float, rampup: float) -> float:
+    """The EMA's half-life in steps at `step`: the configured one, capped early at rampup * step (EDM's ramp-up)."""
+    return min(halflife, rampup * step)
+
+
 def ema_decay(step: int, halflife: float, rampup: float) -> float:
-    """Per-step EMA decay for a half-life in steps, capped early at rampup * step (EDM's ramp-up):
-    decay = 0.5 ** (1 / min(halflife, rampup * step))."""
-    h = min(halflife, rampup * step)
+    """Per-step EMA decay for the half-life at `step`: decay = 0.5 ** (1 / ema_halflife(step, ...))."""
+    h = ema_halflife(step, halflife, rampup)
     return 0.5 ** (1 / h) if h > 0 else 0.0
