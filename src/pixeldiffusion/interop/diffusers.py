@@ -195,29 +195,34 @@ def unet_config_from_diffusers(values: dict[str, Any]) -> UNetConfig:
         raise refuse(str(e)) from e
 
 
+def no_counterpart(part: str) -> ConversionError:
+    return ConversionError(f"this model has no diffusers UNet2DModel counterpart: {part}")
+
+
+def check_convertible(config: UNetConfig) -> None:
+    """ConversionError naming the first part of the network that UNet2DModel lacks (head sizes aside)."""
+    if config.block != "resnet":
+        raise no_counterpart(f"{config.block} blocks (UNet2DModel has ResNet blocks)")
+    if config.linear_attention_resolutions:
+        raise no_counterpart("linear attention")
+    if config.context_dim:
+        raise no_counterpart("context-vector conditioning (UNet2DModel takes class labels only)")
+    if config.stem_kernel != 3:
+        raise no_counterpart(f"a {config.stem_kernel}x{config.stem_kernel} stem (UNet2DModel's is 3x3)")
+    if config.activation != "silu":
+        raise no_counterpart(f"the {config.activation} activation (UNet2DModel's time MLP and output are SiLU)")
+
+
 def unet_config_to_diffusers(config: UNetConfig, *, null_class: bool, class_names: tuple[str, ...] = ()) -> dict:
     """The UNet2DModel config.json of a UNetConfig; ConversionError naming the first part that does not map."""
-
-    def refuse(part: str) -> ConversionError:
-        return ConversionError(f"this model has no diffusers UNet2DModel counterpart: {part}")
-
-    if config.block != "resnet":
-        raise refuse(f"{config.block} blocks (UNet2DModel has ResNet blocks)")
-    if config.linear_attention_resolutions:
-        raise refuse("linear attention")
-    if config.context_dim:
-        raise refuse("context-vector conditioning (UNet2DModel takes class labels only)")
-    if config.stem_kernel != 3:
-        raise refuse(f"a {config.stem_kernel}x{config.stem_kernel} stem (UNet2DModel's is 3x3)")
-    if config.activation != "silu":
-        raise refuse(f"the {config.activation} activation (UNet2DModel's time MLP and output are SiLU)")
+    check_convertible(config)
     channels = [config.base_channels * m for m in config.channel_mult]
     attention = [config.image_size // 2**i in config.attention_resolutions for i in range(len(channels))]
     head_dims = {c // config.attention_heads for c, a in zip(channels, attention, strict=True) if a}
     if config.middle_attention or not head_dims:  # the middle block's, or the nominal size without attention
         head_dims.add(channels[-1] // config.attention_heads)
     if len(head_dims) > 1:
-        raise refuse(f"attention head sizes {sorted(head_dims)} differ between levels (UNet2DModel has one)")
+        raise no_counterpart(f"attention head sizes {sorted(head_dims)} differ between levels (UNet2DModel has one)")
     flip_sin_to_cos, freq_shift = next(k for k, v in TIME_EMBEDDINGS.items() if v == config.time_embedding)
     values = {
         "_class_name": "UNet2DModel",
@@ -418,6 +423,7 @@ def state_dict_to_diffusers(
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """UNet2DModel's tensors from our state dict, and whether the null class row was kept (it is dropped when
     all zero: an imported model's, never trained)."""
+    check_convertible(config)
     tensors = {}
     for ours, theirs in _parameter_pairs(config):
         if ours in state:

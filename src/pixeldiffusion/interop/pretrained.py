@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from pixeldiffusion import checkpoint as ckpt
 from pixeldiffusion.config import DataConfig, DiffusionConfig, RunConfig, SampleConfig, from_dict
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.interop import diffusers, hub
-from pixeldiffusion.models import UNet
+from pixeldiffusion.models import build_unet
 from pixeldiffusion.models.autoencoder import Autoencoder, AutoencoderConfig
 
 HUB_PREFIX = "hf://"
@@ -30,15 +31,15 @@ class Pretrained:
     """A model from anywhere, as pixeldiffusion runs it."""
 
     config: RunConfig
-    state_dict: dict[str, torch.Tensor]  # weights of UNet(config.model)
+    state_dict: dict[str, torch.Tensor]  # weights of build_unet(config.model)
     class_names: tuple[str, ...] = ()
     context_names: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)  # a checkpoint's step and elapsed seconds
     autoencoder_state: dict[str, torch.Tensor] = field(default_factory=dict)  # a latent model's autoencoder
 
-    def network(self) -> UNet:
+    def network(self) -> nn.Module:
         """The U-Net with these weights, on the CPU, in eval mode."""
-        model = UNet(self.config.model)
+        model = build_unet(self.config.model)
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as e:
@@ -143,7 +144,7 @@ def export_diffusers(source: str | Path, out: str | Path) -> Path:
     )
 
 
-def initial_weights(source: str | Path, config: RunConfig) -> tuple[RunConfig, UNet]:
+def initial_weights(source: str | Path, config: RunConfig) -> tuple[RunConfig, nn.Module]:
     """Fine-tuning: the network of `source` (its EMA weights) to train from, and `config` with that network's
     architecture, noise schedule and prediction type, and its conditioning (no labels for an unconditional
     network); the optimizer and learning-rate schedule start afresh. The Trainer refuses data that does not fit."""

@@ -27,6 +27,7 @@ from pixeldiffusion.models.blocks import (
 from pixeldiffusion.models.embeddings import ClassEmbedding, ContextEmbedding, TimeEmbedding
 
 BLOCKS = {"resnet": ResBlock, "convnext": ConvNeXtBlock}
+MAGNITUDE_PRESERVING = "mp"  # the block of EDM2's network, which models/mp_unet.py builds instead of this one
 ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "mish": nn.Mish}
 INJECTIONS = ("additive", "scale_shift")
 TIME_EMBEDDINGS = ("adm", "ddpm")
@@ -56,7 +57,10 @@ class UNetConfig:
     )
     attention_heads: int = field(default=4, metadata={"help": "heads of every attention layer"})
     norm_groups: int = field(default=8, metadata={"help": "GroupNorm groups"})
-    block: str = field(default="resnet", metadata={"help": "residual block: resnet or convnext"})
+    block: str = field(
+        default="resnet",
+        metadata={"help": "residual block: resnet, convnext, or mp (EDM2's magnitude-preserving U-Net, no GroupNorm)"},
+    )
     injection: str = field(
         default="scale_shift",
         metadata={"help": "how the time/condition embedding enters a block: additive or scale_shift"},
@@ -86,8 +90,9 @@ class UNetConfig:
     norm_eps: float = field(default=1e-5, metadata={"help": "epsilon of every GroupNorm (DDPM's code: 1e-6)"})
 
     def __post_init__(self):
-        if self.block not in BLOCKS:
-            raise ConfigError(f"unknown block {self.block!r}; choose one of {', '.join(BLOCKS)}")
+        if self.block not in (*BLOCKS, MAGNITUDE_PRESERVING):
+            choices = ", ".join((*BLOCKS, MAGNITUDE_PRESERVING))
+            raise ConfigError(f"unknown block {self.block!r}; choose one of {choices}")
         if self.injection not in INJECTIONS:
             raise ConfigError(f"unknown injection {self.injection!r}; choose one of {', '.join(INJECTIONS)}")
         if self.activation not in ACTIVATIONS:
@@ -101,6 +106,14 @@ class UNetConfig:
                 f"unknown downsample padding {self.downsample_padding!r}; "
                 f"choose one of {', '.join(DOWNSAMPLE_PADDINGS)}"
             )
+        if self.block == MAGNITUDE_PRESERVING:
+            for name, value, default in (
+                ("linear_attention_resolutions", self.linear_attention_resolutions, ()),
+                ("activation", self.activation, "silu"),
+                ("stem_kernel", self.stem_kernel, 3),
+            ):
+                if value != default:
+                    raise ConfigError(f"EDM2's network (block mp) has no {name} {value!r}; it keeps {default!r}")
         if not self.norm_eps > 0:
             raise ConfigError(f"norm_eps must be positive, got {self.norm_eps}")
         if self.num_classes and self.context_dim:
@@ -123,7 +136,7 @@ class UNetConfig:
             )
         for mult in self.channel_mult:
             c = self.base_channels * mult
-            if c % self.norm_groups or c % self.attention_heads:
+            if (c % self.norm_groups and self.block != MAGNITUDE_PRESERVING) or c % self.attention_heads:
                 raise ConfigError(
                     f"{c} channels do not split into {self.norm_groups} groups and {self.attention_heads} heads"
                 )

@@ -17,7 +17,7 @@ from pixeldiffusion import checkpoint as ckpt
 from pixeldiffusion.config import RunConfig
 from pixeldiffusion.data import ImageData
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
-from pixeldiffusion.models import UNet
+from pixeldiffusion.models import build_unet
 from pixeldiffusion.pipeline import Pipeline
 from pixeldiffusion.process import Process, setup, teardown
 from pixeldiffusion.schedule import NoiseSchedule
@@ -61,7 +61,7 @@ def resolve_config(config: RunConfig, data: ImageData) -> RunConfig:
     return replace(config, data=replace(config.data, condition=condition), model=model)
 
 
-def check_fits(model: UNet, config: RunConfig) -> None:
+def check_fits(model: nn.Module, config: RunConfig) -> None:
     """A given U-Net (`train --init`) must be the one the resolved config describes: checkpoints rebuild it from it."""
     differ = [k for k, v in vars(config.model).items() if getattr(model.config, k) != v]
     if differ:
@@ -144,9 +144,9 @@ class Trainer:
         device = process.device
         self.schedule = NoiseSchedule.from_config(config.diffusion.schedule).to(device)
         torch.manual_seed(config.seed)  # the initial weights
-        if isinstance(model, UNet):
+        if model is not None:
             check_fits(model, config)
-        model = (model or UNet(config.model)).to(device)
+        model = (model or build_unet(config.model)).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, fused=True)
         self.state = TrainState(model, optimizer, device=device, posthoc=bool(optim.ema_snapshot_every))
         images, flipped, self.autoencoder = data.images.to(device), None, None

@@ -20,6 +20,7 @@ from pixeldiffusion.data.imagedata import HOLD_OUT, held_out_split, one_split
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.interop.pretrained import read_model
 from pixeldiffusion.models.classifier import FILE_NAME, NoisyClassifier
+from pixeldiffusion.models.unet import MAGNITUDE_PRESERVING
 from pixeldiffusion.process import Process, resolve_device
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.seeding import generator
@@ -82,8 +83,12 @@ def train_noisy_classifier(
             f"{'x'.join(map(str, train.shape))}: a noisy classifier learns the images the run diffuses"
         )
     torch.manual_seed(seed)  # the initial weights
+    # an ADM encoder at the run's sizes: EDM2's network has no encoder-only form here
+    block = "resnet" if model.block == MAGNITUDE_PRESERVING else model.block
     network = NoisyClassifier(
-        replace(model, num_classes=0, context_dim=0), class_names=train.class_names, schedule=config.diffusion.schedule
+        replace(model, num_classes=0, context_dim=0, block=block),
+        class_names=train.class_names,
+        schedule=config.diffusion.schedule,
     ).to(resolve_device(device))
     steps, seconds = fit_noisy_classifier(network, train, seed=seed, hflip=config.data.hflip, **training)
     accuracy = {t: held_out_accuracy(network, test, t, seed=seed) for t in accuracy_times(network.schedule.timesteps)}

@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pixeldiffusion.config import RunConfig
 from pixeldiffusion.data import to_model_range
 from pixeldiffusion.models.embeddings import drop_condition
+from pixeldiffusion.models.mp_unet import force_weight_norm_, normalized_weights
 from pixeldiffusion.objectives import denoising_loss
 from pixeldiffusion.process import Process
 from pixeldiffusion.runtime import use_bf16, use_channels_last, use_compile
@@ -63,6 +64,7 @@ class TrainStep:
         if process.world_size > 1:
             self.ddp = DistributedDataParallel(state.model, device_ids=[device] if device.type == "cuda" else None)
         self.net: nn.Module = self.ddp or state.model
+        self.normalized_weights = normalized_weights(state.model)  # EDM2's network: kept at unit norm
         # the forward half of a step as one graph when compiled: forward process, network and weighted loss
         compiled = use_compile(runtime.compile, device, config.length.minutes)
         self.loss = torch.compile(self.forward_loss) if compiled else self.forward_loss
@@ -157,6 +159,7 @@ class TrainStep:
             state.skipped += bad
         state.optimizer.step()
         state.optimizer.zero_grad(set_to_none=True)
+        force_weight_norm_(self.normalized_weights)
         state.step += 1
         update_ema(state.ema, state.model, ema_decay(state.step, optim.ema_halflife, optim.ema_rampup), keep)
         if state.posthoc:
