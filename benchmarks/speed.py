@@ -44,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pixeldiffusion.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig
 from pixeldiffusion.data import ImageData
 from pixeldiffusion.interop.diffusers import unet_config_to_diffusers
-from pixeldiffusion.models import UNet, UNetConfig, preset
+from pixeldiffusion.models import UNetConfig, build_unet, preset
 from pixeldiffusion.pipeline import Pipeline
 from pixeldiffusion.process import resolve_device
 from pixeldiffusion.runtime import cpu_has_bf16
@@ -63,13 +63,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 @dataclass(frozen=True)
 class Size:
-    config: UNetConfig
+    config: UNetConfig  # the ADM network both libraries build
     batch: int  # default images per training step and per sampling run
     repeats: int  # default timed repeats
+    block: str = "resnet"  # pixeldiffusion's block: "mp" runs EDM2's network against diffusers' ADM one
+
+    @property
+    def ours(self) -> UNetConfig:
+        return dataclasses.replace(self.config, block=self.block)
 
 
 SIZES = {
     "mnist-small": Size(preset("digits", image_size=28), batch=64, repeats=10),  # the CPU model of the MNIST runs
+    "mnist-small-mp": Size(preset("digits", image_size=28), batch=64, repeats=10, block="mp"),
     "mnist": Size(preset("mnist"), batch=32, repeats=5),
     "cifar10": Size(preset("cifar10"), batch=8, repeats=3),  # 35.7M parameters (DDPM)
     "tiny": Size(preset("digits", image_size=8, base_channels=8), batch=4, repeats=3),  # smoke tests only
@@ -102,9 +108,9 @@ def diffusers_unet(config: UNetConfig) -> UNet2DModel:
     return UNet2DModel.from_config({k: v for k, v in values.items() if not k.startswith("_")})
 
 
-def build(library: str, config: UNetConfig, device: torch.device) -> torch.nn.Module:
+def build(library: str, size: Size, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
-    return (UNet(config) if library == "pixeldiffusion" else diffusers_unet(config)).to(device)
+    return (build_unet(size.ours) if library == "pixeldiffusion" else diffusers_unet(size.config)).to(device)
 
 
 def count_flops(library: str, model: torch.nn.Module, config: UNetConfig, *, backward: bool) -> int:
@@ -152,7 +158,8 @@ def benchmark_trainer(config: UNetConfig, batch: int, **runtime) -> Trainer:
 
 def make_work(case: Case) -> Callable[[], object]:
     """Build the case's model and return a function doing one unit of its work."""
-    config, device = SIZES[case.size].config, torch.device(case.device)
+    size, device = SIZES[case.size], torch.device(case.device)
+    config = size.ours if case.library == "pixeldiffusion" else size.config
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.precision == "bf16")
     shape = (case.batch, config.in_channels, config.image_size, config.image_size)
 
@@ -167,7 +174,7 @@ def make_work(case: Case) -> Callable[[], object]:
             step.loss = torch.compile(step.forward_loss, mode=mode)
         return lambda: (begin_step(), step())
 
-    model = build(case.library, config, device)
+    model = build(case.library, size, device)
     net = torch.compile(model, mode=mode) if case.compile and case.library == "diffusers" else model
 
     if case.task == "train":  # diffusers' examples/unconditional_image_generation step, with Trainer's optimizer
@@ -422,7 +429,7 @@ def bench_size(
     each row (a run cut short keeps what it measured)."""
     size = SIZES[name]
     config, batch, repeats = size.config, args.batch or size.batch, args.repeats or size.repeats
-    models = {library: build(library, config, device) for library in LIBRARIES}
+    models = {library: build(library, size, device) for library in LIBRARIES}
     params = {library: sum(p.numel() for p in m.parameters()) for library, m in models.items()}
     flops = {
         task: {library: count_flops(library, m, config, backward=task == "train") for library, m in models.items()}
@@ -435,7 +442,10 @@ def bench_size(
     )
     rows: list[dict] = []
     result = {
-        "config": {"pixeldiffusion": dataclasses.asdict(config), "diffusers": public(diffusers_unet(config).config)},
+        "config": {
+            "pixeldiffusion": dataclasses.asdict(size.ours),
+            "diffusers": public(diffusers_unet(config).config),
+        },
         "batch": batch,
         "repeats": repeats,
         "nfe": NFE,

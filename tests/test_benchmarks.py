@@ -65,9 +65,9 @@ def test_speed_benchmark_reports_every_row_for_matched_models(tmp_path, monkeypa
     probe = speed.memory_probe(speed.Case("tiny", "diffusers", "train", "fp32", False, 2, "cpu"))
     assert set(probe) == {"peak_mib", "above_setup_mib"}
 
-    for name in ("mnist-small", "mnist", "cifar10"):  # the benchmark's real sizes are matched too
+    for name in ("mnist-small", "mnist-small-mp", "mnist", "cifar10"):  # the benchmark's real sizes are matched too
         with torch.device("meta"):
-            ours, theirs = (speed.build(library, speed.SIZES[name].config, "meta") for library in speed.LIBRARIES)
+            ours, theirs = (speed.build(library, speed.SIZES[name], "meta") for library in speed.LIBRARIES)
         n_ours, n_theirs = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))
         assert abs(n_ours / n_theirs - 1) < 0.1, name
 
