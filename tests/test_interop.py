@@ -196,10 +196,11 @@ def test_our_run_exported_gives_diffusers_the_same_output(tmp_path, name):
     assert again.class_names == ours.class_names and again.config.diffusion.prediction == prediction
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "consistency"])
 def test_export_carries_the_runs_sampler(tmp_path, sampler):
-    """A DDIM-sampled run (a progressive student among them) exports as a DDIMPipeline that gives our images at
-    the run's steps; a DDPM-sampled one as a DDPMPipeline with the run's posterior variance."""
+    """A DDIM-sampled run (a progressive student among them) exports as a DDIMPipeline, a consistency student as a
+    DDPMPipeline with LCM's scheduler, both giving our images at the run's steps from the same random numbers; a
+    DDPM-sampled run as a DDPMPipeline with the run's posterior variance."""
     sampling = SampleConfig(sampler=sampler, steps=4)
     ours = fake_run(tmp_path / "run", OURS["unconditional, additive, v-prediction"], prediction="v", sample=sampling)
     export_diffusers(tmp_path / "run", tmp_path / "out")
@@ -208,17 +209,28 @@ def test_export_carries_the_runs_sampler(tmp_path, sampler):
         assert isinstance(pipeline, diffusers.DDPMPipeline)
         assert pipeline.scheduler.config.variance_type == "fixed_small"
         return
-    assert isinstance(pipeline, diffusers.DDIMPipeline) and isinstance(pipeline.scheduler, diffusers.DDIMScheduler)
+    if sampler == "ddim":
+        assert isinstance(pipeline, diffusers.DDIMPipeline) and isinstance(pipeline.scheduler, diffusers.DDIMScheduler)
+        options = {"use_clipped_model_output": True}
+    else:
+        assert isinstance(pipeline, diffusers.DDPMPipeline) and isinstance(pipeline.scheduler, diffusers.LCMScheduler)
+        options = {}
     theirs = pipeline(
-        batch_size=2,
-        generator=torch.Generator().manual_seed(0),
-        num_inference_steps=4,
-        use_clipped_model_output=True,
-        output_type="np",
+        batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=4, output_type="np", **options
     ).images
-    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    numbers = torch.Generator().manual_seed(0)  # x_T, then the consistency sampler's fresh noise, in diffusers' order
+    x_T = torch.randn(2, 3, 8, 8, generator=numbers)
     with torch.no_grad():
-        x0 = sample(ours.model, ours.schedule, x_T, prediction="v", sampler="ddim", steps=4, spacing="trailing")
+        x0 = sample(
+            ours.model,
+            ours.schedule,
+            x_T,
+            prediction="v",
+            sampler=sampler,
+            steps=4,
+            spacing="trailing",
+            noise=lambda x: torch.randn(x.shape, generator=numbers),
+        )
     mine = (x0 / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
     torch.testing.assert_close(mine, torch.from_numpy(theirs), rtol=0, atol=1e-3)
 

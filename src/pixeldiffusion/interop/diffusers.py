@@ -283,7 +283,8 @@ def schedule_from_diffusers(values: dict[str, Any]) -> tuple[ScheduleConfig, str
 
 def pipeline_class(sampler: str) -> str:
     """The diffusers pipeline that samples like `sampler`: DDIMPipeline for DDIM (a progressive student samples
-    with nothing else), DDPMPipeline for the rest; its scheduler is named alike."""
+    with nothing else), DDPMPipeline for the rest, with DDPMScheduler or, for a consistency model,
+    LCMScheduler (`scheduler_config_to_diffusers`)."""
     return "DDIMPipeline" if sampler == "ddim" else "DDPMPipeline"
 
 
@@ -297,6 +298,10 @@ def scheduler_config_to_diffusers(
         raise ConversionError(f"diffusers' cosine schedule has s = {COSINE_S}, this one {schedule.cosine_s}")
     if pipeline_class(sampler) == "DDIMPipeline":
         name, step = "DDIMScheduler", {"set_alpha_to_one": True, "steps_offset": 0}
+    elif sampler == "consistency":
+        # LCM's step is multistep consistency sampling: x0, then q(x_s | x0) afresh; drawing its K steps from all
+        # T times makes its grid our trailing one wherever K divides T (1, 2, 4, 8 of 1,000)
+        name, step = "LCMScheduler", {"original_inference_steps": schedule.timesteps, "steps_offset": 0}
     else:
         name, step = "DDPMScheduler", {"variance_type": "fixed_small" if variance == "posterior" else "fixed_large"}
     return {
