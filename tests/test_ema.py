@@ -108,8 +108,8 @@ def test_the_ema_command_writes_checkpoints_that_sample(tmp_path):
     assert trained.returncode == 0, trained.stderr
     made = run_cli("ema", "--run", str(run), "--sigma-rel", "0.07,0.2")
     assert made.returncode == 0, made.stderr
-    assert "sigma_rel 0.070 (an EMA of half-life 0 steps at step 4)" in made.stdout
-    assert "the run's own EMA (half-life 0 steps at step 4) has sigma_rel 0.144" in made.stdout
+    assert "sigma_rel 0.070 (an EMA of half-life 0.2 steps at step 4)" in made.stdout
+    assert "the run's own EMA (half-life 0.4 steps at step 4) has sigma_rel 0.144" in made.stdout
     path = run / "ema" / "sigma_rel-0.200.safetensors"
     meta = load_checkpoint(path)[1]
     assert meta["posthoc_ema"]["sigma_rel"] == 0.2 and meta["posthoc_ema"]["snapshots"] == [2, 4]

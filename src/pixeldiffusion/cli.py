@@ -558,14 +558,14 @@ def cmd_ema(args: argparse.Namespace) -> None:
     for sigma_rel in args.sigma_rel:
         path, info = ema.write_posthoc(args.run, sigma_rel, out / f"sigma_rel-{sigma_rel:.3f}.safetensors", args.step)
         halflife = ema.halflife_of_sigma_rel(sigma_rel, info["step"])
-        line = f"sigma_rel {sigma_rel:.3f} (an EMA of half-life {halflife:.0f} steps at step {info['step']}): {path}"
+        line = f"sigma_rel {sigma_rel:.3f} (an EMA of half-life {halflife:,.1f} steps at step {info['step']}): {path}"
         if args.eval:
             evaluation, _ = evaluate_run(path, n=args.eval, device=device(args))
             line += f"  Frechet distance {evaluation.fd:.4g} (n = {args.eval})"
         print(line)
     halflife = ema_halflife(info["step"], optim.ema_halflife, optim.ema_rampup)
     own = ema.sigma_rel_of_halflife(halflife, info["step"])
-    print(f"the run's own EMA (half-life {halflife:.0f} steps at step {info['step']}) has sigma_rel {own:.3f}")
+    print(f"the run's own EMA (half-life {halflife:,.1f} steps at step {info['step']}) has sigma_rel {own:.3f}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
