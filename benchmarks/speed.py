@@ -4,7 +4,8 @@ For each size: parameters and FLOPs per forward of both networks, then training 
 `Trainer.train_step` against the equivalent diffusers step) and sampling images/s at an equal number of network
 evaluations (DDIM, 20 NFE; `Pipeline.sample` against a DDIMScheduler loop), in fp32 and with bf16 autocast, with
 torch.compile off and/or on, with the peak memory of each measurement, the achieved FLOP/s as a share of the
-machine's measured matmul peak, and the ratio ours / diffusers of every number. See benchmarks/README.md.
+machine's measured matmul peak, and the ratio ours / diffusers of every number. Size mnist-small-mp puts our EDM2
+magnitude-preserving U-Net beside the same diffusers network as mnist-small. See benchmarks/README.md.
 
     .venv/bin/python benchmarks/speed.py                  # all sizes, waits for an idle machine
     .venv/bin/python benchmarks/speed.py --sizes tiny --repeats 1 --batch 2 --no-wait --no-memory  # smoke test
