@@ -200,11 +200,13 @@ def test_our_run_exported_gives_diffusers_the_same_output(tmp_path, name):
 def test_export_carries_the_runs_sampler(tmp_path, sampler):
     """A DDIM-sampled run (a progressive student among them) exports as a DDIMPipeline, a consistency student as a
     DDPMPipeline with LCM's scheduler, both giving our images at the run's steps from the same random numbers; a
-    DDPM-sampled run as a DDPMPipeline with the run's posterior variance."""
+    DDPM-sampled run as a DDPMPipeline with the run's posterior variance. Read back, each samples as its run did."""
     sampling = SampleConfig(sampler=sampler, steps=4)
     ours = fake_run(tmp_path / "run", OURS["unconditional, additive, v-prediction"], prediction="v", sample=sampling)
     export_diffusers(tmp_path / "run", tmp_path / "out")
     pipeline = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "out")
+    again = Pipeline.from_pretrained(tmp_path / "out", device="cpu").config.sample
+    assert (again.sampler, again.steps) == (sampler, 4), "the folder comes back in sampling as its run did"
     if sampler == "ddpm":
         assert isinstance(pipeline, diffusers.DDPMPipeline)
         assert pipeline.scheduler.config.variance_type == "fixed_small"

@@ -11,14 +11,16 @@ at 1) folds the offset into the time MLP's first layer, a rotation of each sinus
 
 Our class embedding has one more row than diffusers', the "no class" of classifier-free guidance: an export keeps
 it as the last class (recorded in config.json under "_pixeldiffusion"), an import of a model without one adds a row
-of zeros, which an export drops again. Weights are only read from safetensors, never from pickles.
+of zeros, which an export drops again. The scheduler's config records the run's sampler and steps under the same
+key, so that a folder we wrote samples as its run did when it comes back in. Weights are only read from
+safetensors, never from pickles.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pixeldiffusion.checkpoint import CheckpointError
+from pixeldiffusion.config import SampleConfig
 from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.models.unet import UNetConfig
 from pixeldiffusion.schedule import ScheduleConfig
@@ -105,6 +108,7 @@ class Imported:
     clip_x0: bool  # the scheduler's clip_sample
     variance: str  # DDPM's variance, SampleConfig.variance: posterior (fixed_small) or beta (fixed_large)
     class_names: tuple[str, ...] = ()
+    sampling: dict[str, Any] = field(default_factory=dict)  # SampleConfig's sampler and steps, when we wrote it
 
 
 # -- configurations ----------------------------------------------------------------------------------
@@ -289,10 +293,17 @@ def pipeline_class(sampler: str) -> str:
 
 
 def scheduler_config_to_diffusers(
-    schedule: ScheduleConfig, prediction: str, *, clip_x0: bool, variance: str = "posterior", sampler: str = "ddpm"
+    schedule: ScheduleConfig,
+    prediction: str,
+    *,
+    clip_x0: bool,
+    variance: str = "posterior",
+    sampler: str = "ddpm",
+    steps: int = SampleConfig.steps,
 ) -> dict:
     """The scheduler_config.json of a schedule, for `pipeline_class(sampler)`'s scheduler (DDIM's ends its last step
-    at x0, as ours does); ConversionError for what diffusers cannot express."""
+    at x0, as ours does), recording the sampler and steps for `sampling_from_diffusers`; ConversionError for what
+    diffusers cannot express."""
     kind = next(name for name, ours in BETA_SCHEDULES.items() if ours == schedule.kind)
     if schedule.kind == "cosine" and schedule.cosine_s != COSINE_S:
         raise ConversionError(f"diffusers' cosine schedule has s = {COSINE_S}, this one {schedule.cosine_s}")
@@ -316,7 +327,15 @@ def scheduler_config_to_diffusers(
         "clip_sample_range": 1.0,
         **step,
         "timestep_spacing": "trailing",
+        "_pixeldiffusion": {"sampler": sampler, "steps": steps},
     }
+
+
+def sampling_from_diffusers(values: dict[str, Any]) -> dict[str, Any]:
+    """The sampler and steps an exported run recorded in its scheduler_config.json; {} for anybody else's, which
+    sample with pixeldiffusion's defaults."""
+    recorded = values.get("_pixeldiffusion", {})
+    return {name: recorded[name] for name in ("sampler", "steps") if name in recorded}
 
 
 # -- weights -----------------------------------------------------------------------------------------
@@ -509,10 +528,12 @@ def read_folder(folder: str | Path) -> Imported:
     unet, scheduler = _component_folders(folder)
     unet_values = _read_json(unet / "config.json")
     config = unet_config_from_diffusers(unet_values)
-    schedule, prediction, clip_x0, variance = schedule_from_diffusers(_read_json(scheduler))
+    scheduler_values = _read_json(scheduler)
+    schedule, prediction, clip_x0, variance = schedule_from_diffusers(scheduler_values)
     state = state_dict_from_diffusers(_read_weights(unet), config)
     names = unet_values.get("_pixeldiffusion", {}).get("class_names", [])
-    return Imported(config, state, schedule, prediction, clip_x0, variance, tuple(names))
+    sampling = sampling_from_diffusers(scheduler_values)
+    return Imported(config, state, schedule, prediction, clip_x0, variance, tuple(names), sampling)
 
 
 def write_folder(
@@ -525,6 +546,7 @@ def write_folder(
     clip_x0: bool = True,
     variance: str = "posterior",
     sampler: str = "ddpm",
+    steps: int = SampleConfig.steps,
     class_names: tuple[str, ...] = (),
 ) -> Path:
     """Write the folder of `pipeline_class(sampler)` (model_index.json, unet/, scheduler/) that diffusers'
@@ -534,7 +556,7 @@ def write_folder(
     tensors, null_class = state_dict_to_diffusers(state, config)
     unet_values = unet_config_to_diffusers(config, null_class=null_class, class_names=class_names)
     scheduler_values = scheduler_config_to_diffusers(
-        schedule, prediction, clip_x0=clip_x0, variance=variance, sampler=sampler
+        schedule, prediction, clip_x0=clip_x0, variance=variance, sampler=sampler, steps=steps
     )
     index = {
         "_class_name": pipeline_class(sampler),

@@ -114,13 +114,13 @@ def _from_checkpoint(path: Path, weights: str) -> Pretrained:
 
 def _from_diffusers(folder: Path) -> Pretrained:
     """A diffusers folder: its UNet2DModel converted, its scheduler's schedule, prediction type, clipping and DDPM
-    variance; the other settings pixeldiffusion's defaults."""
+    variance, and the sampler and steps of a run we exported; the other settings pixeldiffusion's defaults."""
     imported = diffusers.read_folder(folder)
     config = RunConfig(
         data=DataConfig(dataset=UNKNOWN_DATASET),
         model=imported.model,
         diffusion=DiffusionConfig(schedule=imported.schedule, prediction=imported.prediction),
-        sample=SampleConfig(clip_x0=imported.clip_x0, variance=imported.variance),
+        sample=SampleConfig(clip_x0=imported.clip_x0, variance=imported.variance, **imported.sampling),
     )
     return Pretrained(config, imported.state_dict, class_names=imported.class_names)
 
@@ -140,6 +140,7 @@ def export_diffusers(source: str | Path, out: str | Path) -> Path:
         clip_x0=found.config.sample.clip_x0,
         variance=found.config.sample.variance,
         sampler=found.config.sample.sampler,
+        steps=found.config.sample.steps,
         class_names=found.class_names,
     )
 
