@@ -130,6 +130,17 @@ def test_channels_last_benchmark_times_both_layouts_of_the_real_trainer_and_pipe
         assert record["ratio_channels_last"] > 0 and record["others_cpu"] >= 0
 
 
+def test_step_compile_benchmark_times_the_step_and_its_update_both_ways(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    step_compile = importlib.import_module("step_compile")
+    compile_ = torch.compile  # dynamo's tracing without inductor's code generation: seconds, not minutes
+    monkeypatch.setattr(torch, "compile", lambda fn=None, **options: compile_(fn, **{**options, "backend": "eager"}))
+    record = step_compile.compare("tiny", "fp32", batch=2, rounds=2, steps=1)
+    assert set(record["step_images_per_s"]) == {"today", "compiled_autograd"}
+    assert set(record["update_ms"]) == {"eager", "compiled"} and record["update_share_of_step"] > 0
+    assert all(len(s) == 2 for timings in record["seconds"].values() for s in timings.values())
+
+
 def test_attention_benchmark_times_the_three_kernels(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     attention = importlib.import_module("attention")

@@ -200,6 +200,7 @@ def unet_config_from_diffusers(values: dict[str, Any]) -> UNetConfig:
 
 
 def no_counterpart(part: str) -> ConversionError:
+    """The one-line refusal of an export whose network has `part`, which UNet2DModel cannot hold."""
     return ConversionError(f"this model has no diffusers UNet2DModel counterpart: {part}")
 
 
