@@ -5,11 +5,12 @@
 # Run one at a time on an idle machine:
 #     bash benchmarks/distill.sh TEACHER_RUN MINUTES N [DATA_DIR]
 #     bash benchmarks/distill.sh runs/mnist 15 10000 ../shared/data/mnist
-# Progressive students are trained per step count (STEPS, default "4 1", "" for none; TEACHER_STEPS=N sets their teacher grid);
-# the one consistency student samples at every step count of CONSISTENCY_STEPS (default "1 2 4 8", "" for no
-# consistency student); TEACHER_SCORE=0 skips scoring the teacher, TEACHER_SAMPLERS picks its samplers (default
-# "ddpm:50 dpmpp_2m:10"). The 30-minute row of the README:
-#     STEPS=4 TEACHER_STEPS=8 CONSISTENCY_STEPS= TEACHER_SCORE=0 bash benchmarks/distill.sh /work/runs/mnist-30 30 10000 DATA
+# Progressive students are trained per step count (STEPS, default "4 1", "" for none; TEACHER_STEPS=N sets their
+# teacher grid); the one consistency student samples at every step count of CONSISTENCY_STEPS (default "1 2 4 8",
+# "" for no consistency student); TEACHER_SCORE=0 skips scoring the teacher, TEACHER_SAMPLERS picks its samplers
+# (default "ddpm:50 dpmpp_2m:10"). The 30-minute rows of the README:
+#     STEPS=4 TEACHER_STEPS=8 CONSISTENCY_STEPS= TEACHER_SCORE=0 bash benchmarks/distill.sh RUN 30 10000 DATA
+#     STEPS=4 CONSISTENCY_STEPS= TEACHER_SAMPLERS=dpmpp_2m:10 bash benchmarks/distill.sh RUN 30 10000 DATA
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TEACHER=$1; MINUTES=$2; N=$3; DATA=${4:+--data-dir $4}
