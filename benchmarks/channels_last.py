@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 from pathlib import Path
 
 import torch
 
-from speed import SIZES, Case, host_info, interleaved, make_work, wait_for_idle
+from speed import SIZES, Case, host_info, interleaved, make_work, report, wait_for_idle
 
 SAMPLE_NFE = 4
 
@@ -67,10 +66,7 @@ def main() -> None:
             "host": host,
             **compare(task, args.size, args.batch, precision, args.rounds, args.steps, args.compile),
         }
-        print(json.dumps({k: v for k, v in record.items() if k not in ("host", "seconds_per_step")}), flush=True)
-        if args.out:
-            with args.out.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        report(record, args.out, bulky=("host", "seconds_per_step"))
 
 
 if __name__ == "__main__":

@@ -516,6 +516,14 @@ def git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def report(record: dict, out: Path | None, *, bulky: tuple[str, ...]) -> None:
+    """Print a record without its `bulky` fields, and append the whole of it to the JSON-lines file `out`."""
+    print(json.dumps({k: v for k, v in record.items() if k not in bulky}), flush=True)
+    if out:
+        with out.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

@@ -17,7 +17,6 @@ Prints one JSON record per precision:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 import torch._dynamo.compiled_autograd
 from torch import nn
 
-from speed import SIZES, benchmark_trainer, host_info, interleaved, wait_for_idle
+from speed import SIZES, benchmark_trainer, host_info, interleaved, report, wait_for_idle
 
 
 def compiled_autograd(step):
@@ -121,10 +120,7 @@ def main() -> None:
     host = host_info(torch.device("cpu"))
     for precision in args.precisions.split(","):
         record = {"host": host, **compare(args.size, precision, args.batch, args.rounds, args.steps)}
-        print(json.dumps({k: v for k, v in record.items() if k not in ("host", "seconds")}), flush=True)
-        if args.out:
-            with args.out.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        report(record, args.out, bulky=("host", "seconds"))
 
 
 if __name__ == "__main__":
