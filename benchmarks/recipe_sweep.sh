@@ -36,6 +36,11 @@ declare -A VARIANTS=(
   [wide]="--base-channels 64"
   [ema250]="--ema-halflife 250"
   [fp32]="--precision fp32"
+  [lognormal]="--t-sampling lognormal"
+  [beta2-0.99]="--adam-beta2 0.99"
+  [seed1]="--seed 1"
+  [cosine-seed1]="--schedule cosine --seed 1"
+  [cosine-beta2-0.99]="--schedule cosine --adam-beta2 0.99"
 )
 for name in "${@:-default v-minsnr lr2e-3 cosine}"; do
   for variant in $name; do

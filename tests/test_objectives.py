@@ -1,7 +1,7 @@
 import torch
 
 from pixeldiffusion.models import UNet, preset
-from pixeldiffusion.objectives import denoising_loss, elementwise_loss, min_snr_weight
+from pixeldiffusion.objectives import denoising_loss, draw_times, elementwise_loss, min_snr_weight
 from pixeldiffusion.schedule import NoiseSchedule
 
 
@@ -24,6 +24,19 @@ def test_l2_l1_and_huber_losses_equal_their_closed_forms():
     }
     for kind, values in expected.items():
         torch.testing.assert_close(elementwise_loss(target + d, target, kind), torch.tensor(values), msg=kind)
+
+
+def test_lognormal_times_carry_edm_noise_levels_and_uniform_ones_cover_1_to_T():
+    """ln sigma_t of lognormal draws has EDM's mean -1.2 and spread 1.2 (to the grid's rounding); uniform draws
+    are every t in 1..T about equally often."""
+    schedule = NoiseSchedule.from_config()
+    t = draw_times(schedule, 200_000, torch.Generator().manual_seed(0), sampling="lognormal")
+    log_sigma = -schedule.half_log_snr(t)
+    assert abs(log_sigma.mean().item() + 1.2) < 0.02 and abs(log_sigma.std().item() - 1.2) < 0.02
+    assert t.dtype == torch.int64 and t.min() >= 1 and t.max() <= schedule.T
+    t = draw_times(schedule, 200_000, torch.Generator().manual_seed(0), sampling="uniform", p_mean=9.0)
+    counts = torch.bincount(t, minlength=schedule.T + 1)
+    assert counts[0] == 0 and counts[1:].min() > 120 and counts[1:].max() < 290  # 200 expected
 
 
 def test_a_small_unet_overfits_a_fixed_batch():

@@ -110,7 +110,8 @@ def test_train_minutes_uses_the_budget_unless_a_flag_says_otherwise(capsys, monk
             main(["train", "--dataset", "mnist", "--minutes", "10", "--out", str(tmp_path / "r"), *flags])
     (quick, kept), out = seen, capsys.readouterr().out
     assert (quick.optim.batch_size, quick.length.minutes, kept.optim.batch_size) == (64, 10, 128)
-    assert "for 10 minutes the recipe trains with --batch-size 64" in out
+    assert (quick.diffusion.schedule.kind, kept.diffusion.schedule.kind) == ("cosine", "cosine")
+    assert "for 10 minutes the recipe trains with --batch-size 64, --schedule cosine" in out
     monkeypatch.setenv("RANK", "1")  # another torchrun process: the header is printed once per launch
     with pytest.raises(SystemExit):
         main(["train", "--dataset", "mnist", "--minutes", "10", "--out", str(tmp_path / "r")])

@@ -92,3 +92,13 @@ def test_bad_configs_name_the_valid_choices():
         ScheduleConfig(kind="exponential")
     with pytest.raises(ConfigError, match="timesteps"):
         ScheduleConfig(timesteps=1)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_nearest_t_is_the_t_of_the_closest_noise_level(kind):
+    """nearest_t agrees with a brute-force argmin over |ln sigma_t - ln sigma|, off the grid's ends as well."""
+    schedule = NoiseSchedule.from_config(ScheduleConfig(kind=kind))
+    table = -schedule.half_log_snr(torch.arange(1, schedule.T + 1))
+    log_sigma = torch.cat([torch.linspace(table[0] - 3, table[-1] + 3, 5001, dtype=torch.float64), table])
+    expected = (table[None, :] - log_sigma[:, None]).abs().argmin(dim=1) + 1
+    assert torch.equal(schedule.nearest_t(log_sigma), expected)

@@ -11,7 +11,8 @@ from pixeldiffusion.checkpoint import latest_checkpoint, load_checkpoint
 from pixeldiffusion.config import with_fields
 from pixeldiffusion.data import to_model_range
 from pixeldiffusion.errors import PixelDiffusionError
-from pixeldiffusion.seeding import stream_seed
+from pixeldiffusion.objectives import draw_times
+from pixeldiffusion.seeding import generator, stream_seed
 from pixeldiffusion.training import (
     Interrupted,
     NonFiniteLoss,
@@ -187,6 +188,17 @@ def test_batches_walk_epoch_permutations_and_may_straddle_them():
         and total_steps(3, 2.0, 10, 4) == 3
         and total_steps(None, None, 10, 4) is None
     )
+
+
+def test_lognormal_times_and_adam_beta2_reach_the_step(tmp_path, tiny):
+    """--t-sampling lognormal draws each step's t from the "t" stream as draw_times does; --adam-beta2 is AdamW's."""
+    config = with_fields(tiny(batch_size=64, adam_beta2=0.99), {"diffusion.t_sampling": "lognormal"})
+    trainer = Trainer(config, tmp_path / "run")
+    step = trainer.train_step
+    for k in range(3):
+        expected = draw_times(step.schedule, 64, generator(config.seed, "t", k), sampling="lognormal")
+        assert torch.equal(step.draw(k).t, expected)
+    assert trainer.state.optimizer.param_groups[0]["betas"] == (0.9, 0.99)
 
 
 def test_random_streams_are_named_by_purpose():

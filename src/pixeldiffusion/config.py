@@ -21,7 +21,7 @@ from pixeldiffusion.errors import ConfigError
 from pixeldiffusion.models.autoencoder import RECONSTRUCTIONS, AutoencoderConfig
 from pixeldiffusion.models.presets import preset
 from pixeldiffusion.models.unet import UNetConfig
-from pixeldiffusion.objectives import check_objective
+from pixeldiffusion.objectives import T_SAMPLINGS, check_objective
 from pixeldiffusion.process import DEVICES
 from pixeldiffusion.sampling import SPACINGS
 from pixeldiffusion.schedule import PREDICTIONS, ScheduleConfig
@@ -100,12 +100,24 @@ class DiffusionConfig:
         default="none", metadata={"help": "loss weighting over t: none or min_snr (Hang et al. 2023)"}
     )
     min_snr_gamma: float = field(default=5.0, metadata={"help": "gamma of min_snr: the SNR is clipped at it"})
+    t_sampling: str = field(
+        default="uniform",
+        metadata={
+            "help": "how training draws t: uniform over 1..T (DDPM) or lognormal, the t nearest a noise level "
+            "sigma = sqrt(1 / SNR) with ln sigma ~ N(p_mean, p_std^2) (EDM, Karras et al. 2022)"
+        },
+    )
+    p_mean: float = field(default=-1.2, metadata={"help": "mean of ln sigma for lognormal t_sampling (EDM's)"})
+    p_std: float = field(default=1.2, metadata={"help": "standard deviation of ln sigma for lognormal t_sampling"})
 
     def __post_init__(self):
         _choice("prediction", self.prediction, PREDICTIONS)
         check_objective(self.loss, self.weighting)
+        _choice("t sampling", self.t_sampling, T_SAMPLINGS)
         if not self.min_snr_gamma > 0:
             raise ConfigError(f"min_snr_gamma must be positive, got {self.min_snr_gamma}")
+        if not self.p_std > 0:
+            raise ConfigError(f"p_std must be positive, got {self.p_std}")
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,9 @@ class OptimConfig:
         default=1, metadata={"help": "split each batch into this many sequential micro-batches (same result)"}
     )
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate of AdamW"})
+    adam_beta2: float = field(
+        default=0.999, metadata={"help": "AdamW's decay of the squared gradients' average (EDM2 trains with 0.99)"}
+    )
     warmup_steps: int = field(default=200, metadata={"help": "linear learning-rate warm-up, in steps"})
     lr_decay: str = field(
         default="cosine", metadata={"help": "decay after warm-up, to zero at the end: cosine, linear or constant"}
@@ -151,6 +166,8 @@ class OptimConfig:
         _at_least(self, 0, "warmup_steps", "weight_decay", "grad_clip", "ema_rampup", "ema_snapshot_every")
         if not self.ema_halflife > 0:
             raise ConfigError(f"ema_halflife must be positive, got {self.ema_halflife}")
+        if not 0 < self.adam_beta2 < 1:
+            raise ConfigError(f"adam_beta2 must be in (0, 1), got {self.adam_beta2}")
         if not 0 <= self.cond_dropout < 1:
             raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
 

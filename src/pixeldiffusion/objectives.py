@@ -1,7 +1,7 @@
 """The denoising objective: noise an image, ask the network for its prediction, weight the error.
 
 L = w(t) * loss(model(x_t, t, cond), target),  x_t = q_sample(x0, t, eps),  t ~ U{1..T},  eps ~ N(0, I)
-(DDPM Algorithm 1, with the prediction target and weighting as options).
+(DDPM Algorithm 1, with the prediction target, weighting and the distribution of t as options).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pixeldiffusion.schedule import NoiseSchedule
 
 LOSSES = ("l2", "l1", "huber")
 WEIGHTINGS = ("none", "min_snr")
+T_SAMPLINGS = ("uniform", "lognormal")
 
 
 def check_objective(loss: str, weighting: str) -> None:
@@ -45,6 +46,24 @@ def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float = 5.0) -> to
     if prediction == "x0":
         return clipped
     return clipped / (snr + 1)
+
+
+def draw_times(
+    schedule: NoiseSchedule,
+    n: int,
+    stream: torch.Generator,
+    *,
+    sampling: str = "uniform",
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+) -> torch.Tensor:
+    """n training times: t ~ U{1..T}, or for "lognormal" the t whose noise level sqrt(1 / SNR(t)) is nearest
+    sigma, ln sigma ~ N(p_mean, p_std^2) (EDM's training distribution of sigma, Karras et al. 2022, Table 1)."""
+    device = stream.device
+    if sampling == "uniform":
+        return torch.randint(1, schedule.T + 1, (n,), generator=stream, device=device)
+    log_sigma = p_mean + p_std * torch.randn(n, generator=stream, device=device)
+    return schedule.nearest_t(log_sigma)
 
 
 def denoising_loss(

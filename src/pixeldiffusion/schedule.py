@@ -112,6 +112,16 @@ class NoiseSchedule:
         a = self.alpha_bar[t]
         return 0.5 * (a.log() - torch.log1p(-a))
 
+    def nearest_t(self, log_sigma: torch.Tensor) -> torch.Tensor:
+        """The t in 1..T whose ln sigma_t = -lambda_t = ln sqrt((1 - alpha_bar_t) / alpha_bar_t) is nearest each
+        ln sigma (a continuous noise level on the discrete chain)."""
+        table = -self.half_log_snr(torch.arange(1, self.T + 1, device=log_sigma.device))  # increasing in t
+        log_sigma = log_sigma.to(table.dtype)
+        # table[above - 1] < ln sigma <= table[above], the ends clamped so that both neighbours exist
+        above = torch.searchsorted(table, log_sigma).clamp(1, self.T - 1)
+        nearer_below = (log_sigma - table[above - 1]) < (table[above] - log_sigma)
+        return above + 1 - nearer_below.long()
+
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
         """x_t ~ q(x_t | x_0): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4)."""
         a = _at(self.alpha_bar, t, x0)

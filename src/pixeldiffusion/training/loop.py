@@ -147,7 +147,13 @@ class Trainer:
         if model is not None:
             check_fits(model, config)
         model = (model or build_unet(config.model)).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, fused=True)
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=optim.lr,
+            betas=(0.9, optim.adam_beta2),
+            weight_decay=optim.weight_decay,
+            fused=True,
+        )
         self.state = TrainState(model, optimizer, device=device, posthoc=bool(optim.ema_snapshot_every))
         images, flipped, self.autoencoder = data.images.to(device), None, None
         # the dataset encoded once, as posterior means: a sample drawn once would only perturb each image for good

@@ -15,7 +15,7 @@ from pixeldiffusion.config import RunConfig
 from pixeldiffusion.data import to_model_range
 from pixeldiffusion.models.embeddings import drop_condition
 from pixeldiffusion.models.mp_unet import force_weight_norm_, normalized_weights
-from pixeldiffusion.objectives import denoising_loss
+from pixeldiffusion.objectives import denoising_loss, draw_times
 from pixeldiffusion.process import Process
 from pixeldiffusion.runtime import use_bf16, use_channels_last, use_compile
 from pixeldiffusion.schedule import NoiseSchedule
@@ -75,8 +75,10 @@ class TrainStep:
         from the streams (seed, purpose, step), drawn for the whole global batch so that any split agrees."""
         seed, device, B = self.config.seed, self.process.device, self.config.optim.batch_size
         idx = batch_indices(seed, step, len(self.images), B, device)
-        t = torch.randint(
-            1, self.schedule.T + 1, (B,), generator=generator(seed, "t", step, device=device), device=device
+        diffusion = self.config.diffusion
+        t_stream = generator(seed, "t", step, device=device)
+        t = draw_times(
+            self.schedule, B, t_stream, sampling=diffusion.t_sampling, p_mean=diffusion.p_mean, p_std=diffusion.p_std
         )
         eps_stream = generator(seed, "noise", step, device=device)
         eps = torch.randn((B, *self.images.shape[1:]), generator=eps_stream, device=device)
