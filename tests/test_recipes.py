@@ -1,6 +1,8 @@
 """Each dataset's recipe: the measured ones, hub names that are a known dataset, and folders and hub datasets
 trained at their pictures' own resolution."""
 
+from dataclasses import replace
+
 import pytest
 from PIL import Image
 
@@ -112,6 +114,17 @@ def test_train_minutes_uses_the_budget_unless_a_flag_says_otherwise(capsys, monk
     assert (quick.optim.batch_size, quick.length.minutes, kept.optim.batch_size) == (64, 10, 128)
     assert (quick.diffusion.schedule.kind, kept.diffusion.schedule.kind) == ("cosine", "cosine")
     assert "for 10 minutes the recipe trains with --batch-size 64, --schedule cosine" in out
+    import pixeldiffusion.interop.pretrained
+    from pixeldiffusion.schedule import ScheduleConfig
+
+    def linear_network(init, config):  # a network to fine-tune, trained on the linear schedule
+        return replace(config, diffusion=replace(config.diffusion, schedule=ScheduleConfig("linear"))), None
+
+    monkeypatch.setattr(pixeldiffusion.interop.pretrained, "initial_weights", linear_network)
+    with pytest.raises(SystemExit):
+        main(["train", "--dataset", "mnist", "--minutes", "10", "--init", "x", "--out", str(tmp_path / "i")])
+    assert seen[-1].diffusion.schedule.kind == "linear"
+    assert "for 10 minutes the recipe trains with --batch-size 64\n" in capsys.readouterr().out
     monkeypatch.setenv("RANK", "1")  # another torchrun process: the header is printed once per launch
     with pytest.raises(SystemExit):
         main(["train", "--dataset", "mnist", "--minutes", "10", "--out", str(tmp_path / "r")])
