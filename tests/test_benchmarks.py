@@ -98,13 +98,13 @@ def test_diffusers_baseline_scores_its_curve_as_our_eval_every_does(monkeypatch,
     baseline = importlib.import_module("diffusers_baseline")
     monkeypatch.setattr(baseline, "ESTIMATE_AFTER", 2)
     args = argparse.Namespace(
-        **BASELINE, eval_every=10, eval_samples=4, dataset="digits", data_dir=None, out=tmp_path / "out"
+        **BASELINE, eval_every=1, eval_samples=4, dataset="digits", data_dir=None, out=tmp_path / "out"
     )
     args.out.mkdir()
     (args.out / "metrics.jsonl").write_text("a line of an earlier run\n")
     model, trained = baseline.train(args, to_model_range(load_dataset("digits").images))
     points = [json.loads(line) for line in (args.out / "metrics.jsonl").read_text().splitlines()]
-    assert [p["step"] for p in points] == list(range(10, trained["steps"] + 1, 10)) and points
+    assert [p["step"] for p in points] == list(range(1, trained["steps"] + 1)) and points
     assert all(p["kind"] == "eval" and p["fd"] > 0 and p["elapsed_s"] <= trained["train_s"] + 0.1 for p in points)
     assert not model.training
 
