@@ -21,6 +21,7 @@ from pixeldiffusion.errors import ConfigError, PixelDiffusionError
 from pixeldiffusion.interop.pretrained import read_model
 from pixeldiffusion.models.classifier import FILE_NAME, NoisyClassifier
 from pixeldiffusion.models.unet import MAGNITUDE_PRESERVING
+from pixeldiffusion.objectives import draw_times
 from pixeldiffusion.process import Process, resolve_device
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.seeding import generator
@@ -150,7 +151,7 @@ def fit_noisy_classifier(
                 if hflip:  # the run's augmentation: a flipped image keeps its class
                     flip = torch.rand(len(x0), generator=draw, device=device) < 0.5
                     x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-                t = torch.randint(1, schedule.T + 1, (len(x0),), generator=draw, device=device)
+                t = draw_times(schedule, len(x0), draw)
                 x_t = schedule.q_sample(x0, t, torch.randn(x0.shape, generator=draw, device=device))
                 loss = F.cross_entropy(network(x_t, t), labels[batch])
                 optimizer.zero_grad(set_to_none=True)
