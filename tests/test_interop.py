@@ -136,7 +136,7 @@ def test_import_then_export_round_trips_the_weights_exactly(tmp_path, kind):
     )
 
 
-def fake_run(run_dir, model: UNetConfig, *, prediction="eps", seed=0, **fields) -> Pipeline:
+def fake_run(run_dir, model: UNetConfig, *, prediction="eps", schedule="linear", seed=0, **fields) -> Pipeline:
     """A run directory with one checkpoint of a randomly initialised network (no layer left at zero); `fields`
     replace parts of its RunConfig (sample=...)."""
     torch.manual_seed(seed)
@@ -145,7 +145,7 @@ def fake_run(run_dir, model: UNetConfig, *, prediction="eps", seed=0, **fields) 
         for p in net.parameters():
             p.add_(0.1 * torch.randn_like(p))
     config = RunConfig(
-        model=model, diffusion=DiffusionConfig(schedule=ScheduleConfig(), prediction=prediction), **fields
+        model=model, diffusion=DiffusionConfig(schedule=ScheduleConfig(kind=schedule), prediction=prediction), **fields
     )
     weights = {f"{prefix}/{k}": v.clone() for prefix in ("model", "ema") for k, v in net.state_dict().items()}
     meta = {"config": json.loads(config.to_json()), "step": 7, "elapsed": 90.0, "class_names": []}
@@ -269,6 +269,13 @@ def test_what_does_not_map_is_named_in_one_line(tmp_path):
     with pytest.raises(ConversionError, match="the gelu activation"):
         fake_run(tmp_path / "gelu", replace(OURS["no attention"], activation="gelu"))
         export_diffusers(tmp_path / "gelu", tmp_path / "out")
+    with pytest.raises(ConversionError, match="no flow prediction type"):
+        fake_run(tmp_path / "flow", OURS["no attention"], prediction="flow")
+        export_diffusers(tmp_path / "flow", tmp_path / "out")
+    with pytest.raises(ConversionError, match="no counterpart of the flow schedule"):
+        fake_run(tmp_path / "path", OURS["no attention"], schedule="flow")
+        export_diffusers(tmp_path / "path", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
     folder = save_pipeline(tmp_path / "sde", diffusers_unet("unconditional"), trained_betas=[0.1] * 1000)
     with pytest.raises(ConversionError, match="trained_betas"):
         read_folder(folder)

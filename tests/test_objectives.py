@@ -1,16 +1,23 @@
+import pytest
 import torch
 
 from pixeldiffusion.models import UNet, preset
 from pixeldiffusion.objectives import denoising_loss, draw_times, elementwise_loss, min_snr_weight
-from pixeldiffusion.schedule import NoiseSchedule
+from pixeldiffusion.schedule import PREDICTIONS, NoiseSchedule, ScheduleConfig
 
 
-def test_min_snr_weights_agree_across_targets():
-    """Min-SNR-gamma weights the same x0-error for every target: w_eps * SNR = w_x0 = w_v * (SNR + 1)."""
-    snr = torch.tensor([0.01, 1.0, 5.0, 100.0])
-    w_x0 = min_snr_weight(snr, "x0")
-    assert torch.allclose(min_snr_weight(snr, "eps") * snr, w_x0)
-    assert torch.allclose(min_snr_weight(snr, "v") * (snr + 1), w_x0)
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_min_snr_weights_the_x0_error_by_min_snr_gamma_for_every_target(prediction):
+    """Min-SNR-gamma weights the x0 error min(SNR, gamma): an output error e makes an x0 error c e, c = d x0 / d output
+    (taken through the target's own conversion to x0), so w e^2 = min(SNR, gamma) c^2 e^2."""
+    schedule = NoiseSchedule.from_config(ScheduleConfig(kind="cosine"))
+    t = torch.tensor([1, 50, 300, 600, 999])
+    x_t = torch.zeros(len(t), 1, 1, 1, dtype=torch.float64)
+    output = torch.zeros_like(x_t, requires_grad=True)
+    schedule.x0_eps(x_t, t, output, prediction)[0].sum().backward()
+    snr = schedule.snr(t)
+    w = min_snr_weight(snr, prediction, gamma=5.0)
+    assert torch.allclose(w, snr.clamp(max=5.0) * output.grad.flatten() ** 2, rtol=1e-10)
 
 
 def test_l2_l1_and_huber_losses_equal_their_closed_forms():

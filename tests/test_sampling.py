@@ -24,7 +24,7 @@ from pixeldiffusion.sampling import (
     shown_steps,
     timestep_grid,
 )
-from pixeldiffusion.schedule import NoiseSchedule, ScheduleConfig
+from pixeldiffusion.schedule import EDM_SIGMA_DATA, PREDICTIONS, NoiseSchedule, ScheduleConfig
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -240,7 +240,11 @@ def gaussian_data_oracle(schedule: NoiseSchedule, mu: float, s: float, predictio
         a = schedule.alpha_bar[t].to(x.dtype).reshape(-1, 1, 1, 1)
         x0 = mu + a.sqrt() * s**2 / (a * s**2 + 1 - a) * (x - a.sqrt() * mu)
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-        return {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
+        if prediction == "edm":  # F = (x0 - c_skip y) / c_out in EDM's y = x / sqrt(a), sigma^2 = (1 - a) / a
+            d, sigma2 = EDM_SIGMA_DATA, (1 - a) / a
+            c_skip, c_out = d**2 / (sigma2 + d**2), (sigma2 * d**2 / (sigma2 + d**2)).sqrt()
+            return (x0 - c_skip * x / a.sqrt()) / c_out
+        return {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0, "flow": eps - x0}[prediction]
 
     return model
 
@@ -253,7 +257,7 @@ def ode_solution(schedule: NoiseSchedule, x_T: torch.Tensor, mu: float, s: float
     return mu + (y_T - mu) * s / (s**2 + sigma2).sqrt()
 
 
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_ode_solvers_converge_to_the_exact_solution_at_their_order(prediction):
     """Deterministic DDIM (Euler, first order), Heun and DPM-Solver++(2M) (second order) on Gaussian data, whose
     ODE solution is known, over Karras grids (which end at t = 1, so the last first-order jump to 0 is tiny)."""
@@ -276,6 +280,40 @@ def test_ode_solvers_converge_to_the_exact_solution_at_their_order(prediction):
             assert 0.1 < ratio < 0.4, (sampler, errors)
         else:
             assert ratio < 0.06 and errors[500] < 1e-3, (sampler, errors)
+
+
+def test_edm_output_is_diffusers_edm_preconditioning():
+    """x0 from an edm output F equals diffusers' EDMEulerScheduler.precondition_outputs(x_t / alpha, F, sigma)."""
+    sched = diffusers.EDMEulerScheduler(sigma_data=EDM_SIGMA_DATA)
+    g = torch.Generator().manual_seed(0)
+    x_t, F = torch.randn(2, 6, 1, 3, 3, generator=g, dtype=torch.float64)
+    t = torch.tensor([1, 20, 300, 700, 950, 1000])
+    x0, _ = COSINE.x0_eps(x_t, t, F, "edm")
+    a = COSINE.alpha_bar[t].reshape(-1, 1, 1, 1)
+    theirs = sched.precondition_outputs(x_t / a.sqrt(), F, ((1 - a) / a).sqrt())
+    assert torch.allclose(x0, theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("steps", [3, 9])  # diffusers' times are integers where steps divides T - 1
+def test_ddim_on_flow_is_diffusers_flow_matching_euler(steps):
+    """Deterministic DDIM on the flow schedule with a flow output is rectified flow's Euler step
+    x_{s'} = x_s + (s' - s) u, which diffusers' FlowMatchEulerDiscreteScheduler takes, in the straight path's
+    coordinates x_s = x_t / (alpha_t + sigma_t), s = t/T. Both loops skip diffusers' first time, s = 1 (pure noise,
+    where the flow schedule's clipped beta differs)."""
+    T = 1000
+    flow = NoiseSchedule.from_config(ScheduleConfig(kind="flow", timesteps=T))
+    scale = lambda t: flow.alpha_bar[t].sqrt() + (1 - flow.alpha_bar[t]).sqrt()  # noqa: E731  x_s = x_t / scale
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=T)
+    sched.set_timesteps(steps + 1)
+    sched.set_begin_index(1)
+    times = [round(float(sigma) * T) for sigma in sched.sigmas[1:]]
+    x_t = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    *_, last = ddim(make_denoiser(fake_model, flow, "flow", clip_x0=False), flow, x_t, times)
+    x_s = x_t / scale(times[0])
+    for t, timestep in zip(times[:-1], sched.timesteps[1:], strict=True):
+        u = fake_model(x_s * scale(t), torch.full((len(x_s),), t))
+        x_s = sched.step(u, timestep, x_s).prev_sample
+    assert torch.allclose(last.x, x_s, atol=1e-5)  # diffusers steps in float32
 
 
 def test_nfe_counts_network_calls():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pixeldiffusion.errors import ConfigError
-from pixeldiffusion.schedule import SCHEDULES, NoiseSchedule, ScheduleConfig
+from pixeldiffusion.schedule import PREDICTIONS, SCHEDULES, NoiseSchedule, ScheduleConfig
 
 
 @pytest.mark.parametrize("kind", SCHEDULES)
@@ -71,7 +71,7 @@ def test_posterior_matches_bayes_rule():
         assert mean.item() == pytest.approx(mean_ref.item(), rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_prediction_conversions_round_trip(prediction):
     s = NoiseSchedule.from_config(ScheduleConfig(kind="cosine", timesteps=1000))
     g = torch.Generator().manual_seed(1)
@@ -80,6 +80,21 @@ def test_prediction_conversions_round_trip(prediction):
     x_t = s.q_sample(x0, t, eps)
     x0_hat, eps_hat = s.x0_eps(x_t, t, s.target(x0, eps, t, prediction), prediction)
     assert torch.allclose(x0_hat, x0, atol=2e-3) and torch.allclose(eps_hat, eps, atol=2e-3)
+
+
+def test_flow_schedule_is_the_straight_path_rescaled_to_unit_variance():
+    """x_t = ((1 - s) x0 + s eps) / ((1 - s)^2 + s^2)^(1/2), s = t/T, for t < T; at t = T the clipped beta keeps
+    a_bar_T > 0."""
+    T = 100
+    s = NoiseSchedule.from_config(ScheduleConfig(kind="flow", timesteps=T))
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.rand(5, 1, 3, 3, generator=g, dtype=torch.float64) * 2 - 1, torch.randn(5, 1, 3, 3, generator=g)
+    eps = eps.double()
+    t = torch.tensor([1, 10, 50, 90, 99])
+    frac = (t / T).double().reshape(-1, 1, 1, 1)
+    path = ((1 - frac) * x0 + frac * eps) / ((1 - frac) ** 2 + frac**2).sqrt()
+    assert torch.allclose(s.q_sample(x0, t, eps), path, atol=1e-12)
+    assert 0 < s.alpha_bar[T] < 1e-6 and s.beta[T] == pytest.approx(0.999)
 
 
 def test_snr_is_alpha_bar_over_its_complement():

@@ -94,7 +94,13 @@ class DiffusionConfig:
     """The forward process and what the network learns of it: schedule, prediction target, loss and its weighting."""
 
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    prediction: str = field(default="eps", metadata={"help": "what the network predicts: eps, x0 or v"})
+    prediction: str = field(
+        default="eps",
+        metadata={
+            "help": "what the network predicts: eps, x0, v, edm (EDM's preconditioned output F, Karras et al. 2022) "
+            "or flow (the velocity eps - x0 of rectified flow, Liu et al. 2023)"
+        },
+    )
     loss: str = field(default="l2", metadata={"help": "l2, l1 or huber"})
     weighting: str = field(
         default="none", metadata={"help": "loss weighting over t: none or min_snr (Hang et al. 2023)"}
@@ -104,7 +110,8 @@ class DiffusionConfig:
         default="uniform",
         metadata={
             "help": "how training draws t: uniform over 1..T (DDPM) or lognormal, the t nearest a noise level "
-            "sigma = sqrt(1 / SNR) with ln sigma ~ N(p_mean, p_std^2) (EDM, Karras et al. 2022)"
+            "sigma = sqrt(1 / SNR) with ln sigma ~ N(p_mean, p_std^2) (EDM, Karras et al. 2022; on the flow schedule "
+            "p_mean 0, p_std 1 is SD3's logit-normal, Esser et al. 2024)"
         },
     )
     p_mean: float = field(default=-1.2, metadata={"help": "mean of ln sigma for lognormal t_sampling (EDM's)"})

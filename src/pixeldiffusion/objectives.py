@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pixeldiffusion.errors import ConfigError
-from pixeldiffusion.schedule import NoiseSchedule
+from pixeldiffusion.schedule import EDM_SIGMA_DATA, NoiseSchedule
 
 LOSSES = ("l2", "l1", "huber")
 WEIGHTINGS = ("none", "min_snr")
@@ -38,13 +38,19 @@ def elementwise_loss(output: torch.Tensor, target: torch.Tensor, kind: str) -> t
 
 
 def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float = 5.0) -> torch.Tensor:
-    """Min-SNR-gamma weighting (Hang et al. 2023, eq. 9) expressed for the network's target:
-    min(SNR, gamma) / SNR for eps, min(SNR, gamma) for x0, min(SNR, gamma) / (SNR + 1) for v."""
+    """Min-SNR-gamma weighting (Hang et al. 2023, eq. 9) expressed for the network's target: the x0 error is weighted
+    min(SNR, gamma), and an output error of one makes an x0 error of c = d x0 / d output, so w = min(SNR, gamma) c^2:
+    c^2 = 1 / SNR for eps, 1 for x0, 1 / (SNR + 1) for v, d^2 / (d^2 SNR + 1) for edm (d = sigma_data) and
+    1 / (sqrt(SNR) + 1)^2 for flow."""
     clipped = snr.clamp(max=gamma)
     if prediction == "eps":
         return clipped / snr
     if prediction == "x0":
         return clipped
+    if prediction == "edm":
+        return clipped * EDM_SIGMA_DATA**2 / (EDM_SIGMA_DATA**2 * snr + 1)
+    if prediction == "flow":
+        return clipped / (snr.sqrt() + 1) ** 2
     return clipped / (snr + 1)
 
 

@@ -24,13 +24,16 @@ import torch
 
 from pixeldiffusion.errors import ConfigError
 
-SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
-PREDICTIONS = ("eps", "x0", "v")
+SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid", "flow")
+PREDICTIONS = ("eps", "x0", "v", "edm", "flow")
+EDM_SIGMA_DATA = 0.5  # sigma_data of the edm target: EDM's value for images in [-1, 1] (Karras et al. 2022)
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    kind: str = field(default="linear", metadata={"help": "the noise schedule: linear, cosine, quadratic or sigmoid"})
+    kind: str = field(
+        default="linear", metadata={"help": "the noise schedule: linear, cosine, quadratic, sigmoid or flow"}
+    )
     timesteps: int = field(default=1000, metadata={"help": "T, the number of forward steps"})
     beta_start: float = field(default=1e-4, metadata={"help": "beta_1 for linear, quadratic and sigmoid schedules"})
     beta_end: float = field(default=0.02, metadata={"help": "beta_T for linear, quadratic and sigmoid schedules"})
@@ -56,11 +59,23 @@ def make_betas(config: ScheduleConfig) -> torch.Tensor:
         return torch.linspace(b0**0.5, b1**0.5, T, dtype=torch.float64) ** 2
     if config.kind == "sigmoid":  # sigmoid ramp from beta_start to beta_end (seed 002's bonus)
         return torch.sigmoid(torch.linspace(-6, 6, T, dtype=torch.float64)) * (b1 - b0) + b0
-    # cosine: alpha_bar(t) = f(t) / f(0), f(t) = cos^2((t/T + s) / (1 + s) * pi / 2),
-    # beta_t = 1 - alpha_bar(t) / alpha_bar(t - 1) clipped at 0.999 (Nichol & Dhariwal 2021, eq. 17)
+    if config.kind == "flow":
+        return _betas_from_alpha_bar(_flow_alpha_bar(torch.arange(T + 1, dtype=torch.float64) / T))
+    # cosine: alpha_bar(t) = f(t) / f(0), f(t) = cos^2((t/T + s) / (1 + s) * pi / 2) (Nichol & Dhariwal 2021, eq. 17)
     s = config.cosine_s
     f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
-    return (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    return _betas_from_alpha_bar(f / f[0])
+
+
+def _flow_alpha_bar(s: torch.Tensor) -> torch.Tensor:
+    """The straight path of rectified flow, x_s = (1 - s) x_0 + s eps (Liu et al. 2023), seen on the variance-
+    preserving chain: x_t = x_s / ((1 - s)^2 + s^2)^(1/2), so alpha_bar = (1 - s)^2 / ((1 - s)^2 + s^2), s = t/T."""
+    return (1 - s) ** 2 / ((1 - s) ** 2 + s**2)
+
+
+def _betas_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """beta_t = 1 - alpha_bar(t) / alpha_bar(t - 1), clipped at 0.999 so that alpha_bar_T > 0 (Nichol & Dhariwal)."""
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
 
 
 def broadcast_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -142,15 +157,27 @@ class NoiseSchedule:
         coef_x_t = broadcast_like(alpha_ts.sqrt() * (1 - a_s) / (1 - a_t), x_t)
         return coef_x0 * x0 + coef_x_t * x_t, broadcast_like((1 - a_s) / (1 - a_t) * beta_ts, x_t)
 
-    # Conversions between what a network may predict (eps, x0 or v) and the clean image / noise.
+    # Conversions between what a network may predict and the clean image / noise. With a = alpha_bar_t,
+    # alpha = sqrt(a), sigma = sqrt(1 - a), x_t = alpha x0 + sigma eps:
+    #   eps, x0, v = alpha eps - sigma x0 (Salimans & Ho 2022);
+    #   edm: EDM's preconditioned output F (Karras et al. 2022, eq. 7) with sigma_edm = sigma / alpha and
+    #        sigma_data = d: D(x) = c_skip x + c_out F, x = x_t / alpha; the network reads x_t, VP's own c_in;
+    #   flow: the velocity u = eps - x0 of the straight path x_s = (1 - s) x0 + s eps (Lipman et al. 2023),
+    #         x_s = x_t / (alpha + sigma), s = sigma / (alpha + sigma).
 
     def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | int, prediction: str) -> torch.Tensor:
-        """Regression target; v = sqrt(a_bar) eps - sqrt(1 - a_bar) x0 (Salimans & Ho 2022)."""
+        """Regression target: eps, x0, v = alpha eps - sigma x0, u = eps - x0, or EDM's
+        F = (x0 - c_skip x) / c_out = (sigma x0 / d - d alpha eps) / k,  k = (d^2 a + 1 - a)^(1/2)."""
         if prediction == "eps":
             return eps
         if prediction == "x0":
             return x0
+        if prediction == "flow":
+            return eps - x0
         a = _at(self.alpha_bar, t, x0)
+        if prediction == "edm":
+            d = EDM_SIGMA_DATA
+            return ((1 - a).sqrt() * x0 / d - d * a.sqrt() * eps) / (d**2 * a + 1 - a).sqrt()
         return a.sqrt() * eps - (1 - a).sqrt() * x0
 
     def x0_eps(
@@ -158,16 +185,26 @@ class NoiseSchedule:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) implied by a network output of the given prediction type at x_t, t.
 
-        eps: x0 = (x_t - sqrt(1 - a_bar) eps) / sqrt(a_bar);  x0: eps = (x_t - sqrt(a_bar) x0) / sqrt(1 - a_bar);
-        v:   x0 = sqrt(a_bar) x_t - sqrt(1 - a_bar) v,  eps = sqrt(1 - a_bar) x_t + sqrt(a_bar) v.
+        eps:  x0 = (x_t - sigma eps) / alpha;  x0: eps = (x_t - alpha x0) / sigma;
+        v:    x0 = alpha x_t - sigma v,  eps = sigma x_t + alpha v;
+        edm:  x0 = (d^2 alpha x_t + d sigma k F) / k^2,  eps = (sigma x_t - d alpha k F) / k^2;
+        flow: x0 = (x_t - sigma u) / (alpha + sigma),  eps = (x_t + alpha u) / (alpha + sigma).
         """
         a = _at(self.alpha_bar, t, x_t)
+        alpha, sigma = a.sqrt(), (1 - a).sqrt()
         if prediction == "eps":
-            return (x_t - (1 - a).sqrt() * output) / a.sqrt(), output
+            return (x_t - sigma * output) / alpha, output
         if prediction == "x0":
             return output, self.eps_from_x0(x_t, t, output)
         if prediction == "v":
-            return a.sqrt() * x_t - (1 - a).sqrt() * output, (1 - a).sqrt() * x_t + a.sqrt() * output
+            return alpha * x_t - sigma * output, sigma * x_t + alpha * output
+        if prediction == "edm":
+            d = EDM_SIGMA_DATA
+            k2 = d**2 * a + 1 - a
+            dkF = d * k2.sqrt() * output
+            return (d**2 * alpha * x_t + sigma * dkF) / k2, (sigma * x_t - alpha * dkF) / k2
+        if prediction == "flow":
+            return (x_t - sigma * output) / (alpha + sigma), (x_t + alpha * output) / (alpha + sigma)
         raise ConfigError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
 
     def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor) -> torch.Tensor:

@@ -104,7 +104,7 @@ class Imported:
     model: UNetConfig
     state_dict: dict[str, torch.Tensor]  # weights for UNet(model)
     schedule: ScheduleConfig
-    prediction: str  # eps, x0 or v
+    prediction: str  # eps, x0 or v (what diffusers' schedulers express)
     clip_x0: bool  # the scheduler's clip_sample
     variance: str  # DDPM's variance, SampleConfig.variance: posterior (fixed_small) or beta (fixed_large)
     class_names: tuple[str, ...] = ()
@@ -305,7 +305,12 @@ def scheduler_config_to_diffusers(
     """The scheduler_config.json of a schedule, for `pipeline_class(sampler)`'s scheduler (DDIM's ends its last step
     at x0, as ours does), recording the sampler and steps for `sampling_from_diffusers`; ConversionError for what
     diffusers cannot express."""
-    kind = next(name for name, ours in BETA_SCHEDULES.items() if ours == schedule.kind)
+    kind = next((name for name, ours in BETA_SCHEDULES.items() if ours == schedule.kind), None)
+    theirs = next((name for name, ours in PREDICTIONS.items() if ours == prediction), None)
+    if kind is None:
+        raise ConversionError(f"diffusers' beta schedules have no counterpart of the {schedule.kind} schedule")
+    if theirs is None:
+        raise ConversionError(f"diffusers' DDPM and DDIM schedulers have no {prediction} prediction type")
     if schedule.kind == "cosine" and schedule.cosine_s != COSINE_S:
         raise ConversionError(f"diffusers' cosine schedule has s = {COSINE_S}, this one {schedule.cosine_s}")
     if pipeline_class(sampler) == "DDIMPipeline":
@@ -323,7 +328,7 @@ def scheduler_config_to_diffusers(
         "beta_start": schedule.beta_start,
         "beta_end": schedule.beta_end,
         "beta_schedule": kind,
-        "prediction_type": next(theirs for theirs, ours in PREDICTIONS.items() if ours == prediction),
+        "prediction_type": theirs,
         "clip_sample": clip_x0,
         "clip_sample_range": 1.0,
         **step,

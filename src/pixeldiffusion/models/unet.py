@@ -4,7 +4,7 @@ a choice of activation, class labels and context vectors.
 
 Every network in pixeldiffusion is called as ``model(x_t, t, cond)``: images (B, C, H, W), integer
 time steps (B,) in {0, ..., T}, and a condition (B,) of class labels or (B, D) of context vectors, or
-None. It returns the prediction named in the model's configuration (eps, x0 or v), shaped like x_t.
+None. It returns the prediction named in the run's configuration (eps, x0, v, edm or flow), shaped like x_t.
 """
 
 from __future__ import annotations
