@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The MNIST recipe sweep of issue 8: train each variant for MINUTES on real MNIST, score 1,000 samples
-# (DPM-Solver++ at 20 steps, bf16, classifier Frechet distance) and append one line per variant to
+# (DPM-Solver++ at 20 steps, bf16 where the CPU has it, classifier Frechet distance) and append one line per variant to
 # benchmarks/results/recipe-sweep-mnist.jsonl. Run one at a time on an idle machine:
 #     bash benchmarks/recipe_sweep.sh [MINUTES] [VARIANT ...]
 # With STEPS=N in the environment each variant trains N steps instead (MINUTES is then ignored), which compares
@@ -10,6 +10,8 @@
 #     DATASET=emoji DATA= bash benchmarks/recipe_sweep.sh 5 default v-minsnr
 # EVAL replaces the scoring flags, as for issue 26's 10-minute search (2,000 samples of the recipe's DDPM 50):
 #     EVAL="--n 2000 --sampler ddpm --steps 50 --compile" bash benchmarks/recipe_sweep.sh 10 batch128 batch64
+# FLAGS go before every variant's own (which win where both set a value), e.g. a budget's settings at equal steps:
+#     FLAGS="--batch-size 64 --schedule cosine --compile" STEPS=640 bash benchmarks/recipe_sweep.sh 0 edm flow
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-5}; shift || true
@@ -17,6 +19,7 @@ STEPS=${STEPS:-}
 BUDGET="--minutes $MINUTES"; TAG=${MINUTES}min
 if [[ -n $STEPS ]]; then BUDGET="--max-steps $STEPS"; TAG=${STEPS}steps; fi
 EVAL=${EVAL:---n 1000 --sampler dpmpp_2m --steps 20}
+FLAGS=${FLAGS:-}
 DATASET=${DATASET:-mnist}
 DATA=${DATA-../shared/data/mnist}
 OUT=benchmarks/results/recipe-sweep-$DATASET.jsonl
@@ -41,14 +44,20 @@ declare -A VARIANTS=(
   [seed1]="--seed 1"
   [cosine-seed1]="--schedule cosine --seed 1"
   [cosine-beta2-0.99]="--schedule cosine --adam-beta2 0.99"
+  [v-none]="--weighting none"  # the recipe's v-prediction, unweighted
+  [edm]="--prediction edm --weighting none"  # EDM's preconditioning and its loss weight lambda(sigma)
+  [edm-minsnr]="--prediction edm"
+  [flow]="--prediction flow --schedule flow --weighting none"  # rectified flow, t uniform
+  [flow-seed1]="--prediction flow --schedule flow --weighting none --seed 1"
+  [flow-logitnormal]="--prediction flow --schedule flow --weighting none --t-sampling lognormal --p-mean 0 --p-std 1"
 )
 for name in "${@:-default v-minsnr lr2e-3 cosine}"; do
   for variant in $name; do
     run=runs/sweep/$DATASET-$variant-$TAG
     rm -rf "$run"
-    python -m pixeldiffusion train --dataset "$DATASET" ${DATA:+--data-dir "$DATA"} $BUDGET --out "$run" ${VARIANTS[$variant]}
-    python -m pixeldiffusion eval --run "$run" $EVAL --precision bf16
-    python - "$run" "$variant" "$BUDGET" "${VARIANTS[$variant]}" >> "$OUT" <<'PY'
+    python -m pixeldiffusion train --dataset "$DATASET" ${DATA:+--data-dir "$DATA"} $BUDGET --out "$run" $FLAGS ${VARIANTS[$variant]}
+    python -m pixeldiffusion eval --run "$run" $EVAL --precision auto
+    python - "$run" "$variant" "$BUDGET" "${FLAGS:+$FLAGS }${VARIANTS[$variant]}" >> "$OUT" <<'PY'
 import json, sys
 run, variant, budget, flags = sys.argv[1:]
 lines = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]

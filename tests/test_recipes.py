@@ -112,19 +112,24 @@ def test_train_minutes_uses_the_budget_unless_a_flag_says_otherwise(capsys, monk
             main(["train", "--dataset", "mnist", "--minutes", "10", "--out", str(tmp_path / "r"), *flags])
     (quick, kept), out = seen, capsys.readouterr().out
     assert (quick.optim.batch_size, quick.length.minutes, kept.optim.batch_size) == (64, 10, 128)
-    assert (quick.diffusion.schedule.kind, kept.diffusion.schedule.kind) == ("cosine", "cosine")
-    assert "for 10 minutes the recipe trains with --batch-size 64, --schedule cosine" in out
+    assert (quick.diffusion.schedule.kind, kept.diffusion.schedule.kind) == ("flow", "flow")
+    assert (quick.diffusion.prediction, quick.diffusion.weighting) == ("flow", "none")
+    assert (
+        "for 10 minutes the recipe trains with --batch-size 64, --schedule flow, --prediction flow, --weighting none"
+        in out
+    )
     import pixeldiffusion.interop.pretrained
     from pixeldiffusion.schedule import ScheduleConfig
 
-    def linear_network(init, config):  # a network to fine-tune, trained on the linear schedule
-        return replace(config, diffusion=replace(config.diffusion, schedule=ScheduleConfig("linear"))), None
+    def linear_network(init, config):  # a network to fine-tune: v-prediction on the linear schedule
+        diffusion = replace(config.diffusion, schedule=ScheduleConfig("linear"), prediction="v")
+        return replace(config, diffusion=diffusion), None
 
     monkeypatch.setattr(pixeldiffusion.interop.pretrained, "initial_weights", linear_network)
     with pytest.raises(SystemExit):
         main(["train", "--dataset", "mnist", "--minutes", "10", "--init", "x", "--out", str(tmp_path / "i")])
-    assert seen[-1].diffusion.schedule.kind == "linear"
-    assert "for 10 minutes the recipe trains with --batch-size 64\n" in capsys.readouterr().out
+    assert (seen[-1].diffusion.schedule.kind, seen[-1].diffusion.prediction) == ("linear", "v")
+    assert "for 10 minutes the recipe trains with --batch-size 64, --weighting none\n" in capsys.readouterr().out
     monkeypatch.setenv("RANK", "1")  # another torchrun process: the header is printed once per launch
     with pytest.raises(SystemExit):
         main(["train", "--dataset", "mnist", "--minutes", "10", "--out", str(tmp_path / "r")])

@@ -59,7 +59,17 @@ RECIPES: dict[str, dict[str, Any]] = {
 # cosine schedule beats the linear one at 5 and 10, and batch 128 with the linear schedule holds the 30-minute
 # result (docs/decisions.md, "Budgets" and "The cosine schedule for short budgets")
 BUDGETS: dict[str, tuple[tuple[float, dict[str, Any]], ...]] = {
-    "mnist": ((15.0, {"optim.batch_size": 64, "diffusion.schedule.kind": "cosine"}),),
+    "mnist": (
+        (
+            15.0,
+            {
+                "optim.batch_size": 64,
+                "diffusion.schedule.kind": "flow",
+                "diffusion.prediction": "flow",
+                "diffusion.weighting": "none",
+            },
+        ),
+    ),
 }
 BUDGETS["fashion-mnist"] = BUDGETS["mnist"]
 # hub datasets that are one of the above (the README's examples among them)
