@@ -55,9 +55,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "photos-64": {"preset": "cifar10", "model.image_size": 64, "data.hflip": True, "optim.lr": 2e-4},
 }
 # what a time budget (`--minutes M`) changes in a recipe: the settings of the first bound at or above M, a flag
-# given still winning; on MNIST batch 64 (twice the steps) beats 128 at 5 and 10 CPU minutes (and 32 at 10), the
-# cosine schedule beats the linear one at 5 and 10, and batch 128 with the linear schedule holds the 30-minute
-# result (docs/decisions.md, "Budgets" and "The cosine schedule for short budgets")
+# given still winning; on MNIST batch 64 (twice the steps) beats 128 at 5 and 10 CPU minutes (and 32 at 10),
+# unweighted flow matching beats v with min-SNR weighting at 10, and batch 128 with the recipe's objective holds
+# the 30-minute result (docs/decisions.md, "Budgets" and "EDM's preconditioning and flow matching")
 BUDGETS: dict[str, tuple[tuple[float, dict[str, Any]], ...]] = {
     "mnist": (
         (
