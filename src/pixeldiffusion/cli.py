@@ -277,7 +277,7 @@ def print_training_header(config: RunConfig, args: argparse.Namespace, fields: d
     latents = f", diffused as {config.model.in_channels}x{side}x{side} latents" * bool(config.latent.autoencoder)
     print(f"{dataset} at {config.pixel_size}x{config.pixel_size} pixels{padded}{latents}; --image-size to change")
     budgeted = {} if args.config else budget_fields(dataset, config.length.minutes)
-    # what the run trains with: not what a flag overrode, nor what --init's network decided (its schedule)
+    # what the run trains with: not what a flag overrode, nor what --init's network decided (schedule, prediction)
     budgeted = {
         path: v for path, v in budgeted.items() if path not in fields and with_fields(config, {path: v}) == config
     }
