@@ -50,6 +50,12 @@ declare -A VARIANTS=(
   [flow]="--prediction flow --schedule flow --weighting none"  # rectified flow, t uniform
   [flow-seed1]="--prediction flow --schedule flow --weighting none --seed 1"
   [flow-logitnormal]="--prediction flow --schedule flow --weighting none --t-sampling lognormal --p-mean 0 --p-std 1"
+  [logitnormal]="--t-sampling lognormal --p-mean 0 --p-std 1"  # SD3's times on a budget's flow schedule
+  [warmup50]="--warmup-steps 50"
+  [base24]="--base-channels 24"  # narrower networks: more steps in a budget
+  [base16]="--base-channels 16"
+  [base16-lr2e-3]="--base-channels 16 --lr 2e-3"
+  [base16-mult124]="--base-channels 16 --channel-mult 1,2,4"  # capacity where pixels are few
 )
 for name in "${@:-default v-minsnr lr2e-3 cosine}"; do
   for variant in $name; do

@@ -86,12 +86,19 @@ def test_a_time_budget_picks_the_recipes_settings_for_it():
     from pixeldiffusion.config import with_fields
     from pixeldiffusion.recipes import BUDGETS, RECIPES
 
-    (bound, short), *_ = BUDGETS["mnist"]
-    for dataset in ("mnist", "fashion-mnist", "hf:ylecun/mnist"):
-        quick = default_config(dataset, minutes=bound)
-        assert with_fields(quick, short) == quick != default_config(dataset), dataset
+    for dataset, name in (("mnist", "mnist"), ("fashion-mnist", "fashion-mnist"), ("hf:ylecun/mnist", "mnist")):
+        for bound, fields in BUDGETS[name]:
+            quick = default_config(dataset, minutes=bound)
+            assert with_fields(quick, fields) == quick != default_config(dataset), dataset
+    (short, _), (bound, _) = BUDGETS["mnist"]
+    assert default_config("mnist", minutes=short).model.base_channels == 16  # the first bound's narrower network
+    assert default_config("mnist", minutes=short + 1).model.base_channels == 32
     long = default_config("mnist", minutes=bound + 1)
     assert long.optim.batch_size == 128 and "optim.batch_size" not in RECIPES["mnist"]
+    assert (
+        default_config("mnist", model_preset="mnist", minutes=short).model
+        == default_config("mnist", model_preset="mnist").model
+    )  # another network keeps its own sizes
     assert default_config("mnist") == default_config("mnist", minutes=None)
     assert default_config("digits", minutes=1) == default_config("digits")  # no budgets of its own
 
@@ -114,16 +121,17 @@ def test_train_minutes_uses_the_budget_unless_a_flag_says_otherwise(capsys, monk
     assert (quick.optim.batch_size, quick.length.minutes, kept.optim.batch_size) == (64, 10, 128)
     assert (quick.diffusion.schedule.kind, kept.diffusion.schedule.kind) == ("flow", "flow")
     assert (quick.diffusion.prediction, quick.diffusion.weighting) == ("flow", "none")
+    assert (quick.model.base_channels, kept.model.base_channels) == (16, 16)
     assert (
-        "for 10 minutes the recipe trains with --batch-size 64, --schedule flow, --prediction flow, --weighting none"
-        in out
+        "for 10 minutes the recipe trains with --batch-size 64, --schedule flow, --prediction flow, --weighting none, "
+        "--base-channels 16" in out
     )
     import pixeldiffusion.interop.pretrained
     from pixeldiffusion.schedule import ScheduleConfig
 
-    def linear_network(init, config):  # a network to fine-tune: v-prediction on the linear schedule
+    def linear_network(init, config):  # a network to fine-tune: v-prediction on the linear schedule, 32 wide
         diffusion = replace(config.diffusion, schedule=ScheduleConfig("linear"), prediction="v")
-        return replace(config, diffusion=diffusion), None
+        return replace(config, diffusion=diffusion, model=replace(config.model, base_channels=32)), None
 
     monkeypatch.setattr(pixeldiffusion.interop.pretrained, "initial_weights", linear_network)
     with pytest.raises(SystemExit):
