@@ -51,7 +51,6 @@ declare -A VARIANTS=(
   [flow-seed1]="--prediction flow --schedule flow --weighting none --seed 1"
   [flow-logitnormal]="--prediction flow --schedule flow --weighting none --t-sampling lognormal --p-mean 0 --p-std 1"
   [logitnormal]="--t-sampling lognormal --p-mean 0 --p-std 1"  # SD3's times on a budget's flow schedule
-  [warmup50]="--warmup-steps 50"
   [base24]="--base-channels 24"  # narrower networks: more steps in a budget
   [base16]="--base-channels 16"
   [base16-lr2e-3]="--base-channels 16 --lr 2e-3"
