@@ -5,7 +5,8 @@ For each size: parameters and FLOPs per forward of both networks, then training 
 evaluations (DDIM, 20 NFE; `Pipeline.sample` against a DDIMScheduler loop), in fp32 and with bf16 autocast, with
 torch.compile off and/or on, with the peak memory of each measurement, the achieved FLOP/s as a share of the
 machine's measured matmul peak, and the ratio ours / diffusers of every number. Size mnist-small-mp puts our EDM2
-magnitude-preserving U-Net beside the same diffusers network as mnist-small. See benchmarks/README.md.
+magnitude-preserving U-Net beside the same diffusers network as mnist-small; mnist-small-16 is the network at half
+its width that MNIST budgets up to 10 minutes train. See benchmarks/README.md.
 
     .venv/bin/python benchmarks/speed.py                  # all sizes, waits for an idle machine
     .venv/bin/python benchmarks/speed.py --sizes tiny --repeats 1 --batch 2 --no-wait --no-memory  # smoke test
@@ -48,7 +49,7 @@ from pixeldiffusion.interop.diffusers import unet_config_to_diffusers
 from pixeldiffusion.models import UNetConfig, build_unet, preset
 from pixeldiffusion.pipeline import Pipeline
 from pixeldiffusion.process import resolve_device
-from pixeldiffusion.runtime import cpu_has_bf16
+from pixeldiffusion.runtime import cpu_has_amx, cpu_has_bf16
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.training import Trainer
 
@@ -76,6 +77,7 @@ class Size:
 
 SIZES = {
     "mnist-small": Size(preset("digits", image_size=28), batch=64, repeats=10),  # the CPU model of the MNIST runs
+    "mnist-small-16": Size(preset("digits", image_size=28, base_channels=16), batch=64, repeats=10),  # <= 10 min
     "mnist-small-mp": Size(preset("digits", image_size=28), batch=64, repeats=10, block="mp"),
     "mnist": Size(preset("mnist"), batch=32, repeats=5),
     "cifar10": Size(preset("cifar10"), batch=8, repeats=3),  # 35.7M parameters (DDPM)
@@ -495,6 +497,7 @@ def host_info(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_bf16": cpu_has_bf16(),
+        "cpu_amx": cpu_has_amx(),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "python": platform.python_version(),

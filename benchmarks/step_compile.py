@@ -3,7 +3,9 @@ recipe's network (size mnist-small), compiled as training compiles it: the forwa
 process, network, weighted loss) is one torch.compile graph, and AOTAutograd compiles its backward.
 
 - whole steps: that step as it runs (`TrainStep`), against the same step with its backward traced by compiled
-  autograd (one graph for the whole backward, gradient accumulation included);
+  autograd (one graph for the whole backward, gradient accumulation included), and against the same step compiled
+  with inductor's own layout choice (`layout_optimization`, which the step turns off in NCHW on the CPU:
+  runtime.training_compile_options);
 - the update alone, on the network's parameters with gradients: gradient clipping, AdamW and the EMA as the step
   runs them (fused AdamW, a foreach lerp), against one torch.compile'd function doing the three (unfused AdamW,
   so that inductor generates the loop; learning rate and EMA weight as tensors, so that a new value does not
@@ -78,8 +80,14 @@ def compare(size: str, precision: str, batch: int, rounds: int, steps: int) -> d
     trainer = benchmark_trainer(config, batch, precision=precision, compile=True)
     step = trainer.train_step
     trainer_ca = benchmark_trainer(config, batch, precision=precision, compile=True)
+    trainer_layout = benchmark_trainer(config, batch, precision=precision, compile=True)
+    trainer_layout.train_step.loss = torch.compile(trainer_layout.train_step.forward_loss)  # inductor's defaults
     steps_timing = interleaved(
-        {"today": step, "compiled_autograd": compiled_autograd(trainer_ca.train_step)},
+        {
+            "today": step,
+            "compiled_autograd": compiled_autograd(trainer_ca.train_step),
+            "inductor_layout": trainer_layout.train_step,
+        },
         rounds=rounds,
         repeats=steps,
         warmup=3,
@@ -97,6 +105,7 @@ def compare(size: str, precision: str, batch: int, rounds: int, steps: int) -> d
         "precision": precision,
         "step_images_per_s": {k: batch / v for k, v in step_s.items()},
         "ratio_compiled_autograd": step_s["today"] / step_s["compiled_autograd"],
+        "ratio_inductor_layout": step_s["today"] / step_s["inductor_layout"],
         "update_ms": {k: 1e3 * v for k, v in update_s.items()},
         "update_share_of_step": update_s["eager"] / step_s["today"],
         "gain_bound_compiled_update": (update_s["eager"] - update_s["compiled"]) / step_s["today"],

@@ -71,7 +71,8 @@ def test_speed_benchmark_reports_every_row_for_matched_models(tmp_path, monkeypa
     probe = speed.memory_probe(speed.Case("tiny", "diffusers", "train", "fp32", False, 2, "cpu"))
     assert set(probe) == {"peak_mib", "above_setup_mib"}
 
-    for name in ("mnist-small", "mnist-small-mp", "mnist", "cifar10"):  # the benchmark's real sizes are matched too
+    # the benchmark's real sizes are matched too
+    for name in ("mnist-small", "mnist-small-16", "mnist-small-mp", "mnist", "cifar10"):
         with torch.device("meta"):
             ours, theirs = (speed.build(library, speed.SIZES[name], "meta") for library in speed.LIBRARIES)
         n_ours, n_theirs = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))
@@ -138,13 +139,18 @@ def test_channels_last_benchmark_times_both_layouts_of_the_real_trainer_and_pipe
         assert record["ratio_channels_last"] > 0 and record["others_cpu"] >= 0
 
 
-def test_step_compile_benchmark_times_the_step_and_its_update_both_ways(monkeypatch):
+def test_step_compile_benchmark_times_the_step_three_ways_and_its_update_two(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     step_compile = importlib.import_module("step_compile")
-    compile_ = torch.compile  # dynamo's tracing without inductor's code generation: seconds, not minutes
-    monkeypatch.setattr(torch, "compile", lambda fn=None, **options: compile_(fn, **{**options, "backend": "eager"}))
+    compile_ = torch.compile
+
+    def traced_only(fn=None, options=None, **kw):  # dynamo's tracing without inductor's code: seconds, not minutes
+        return compile_(fn, **{**kw, "backend": "eager"})
+
+    monkeypatch.setattr(torch, "compile", traced_only)
     record = step_compile.compare("tiny", "fp32", batch=2, rounds=2, steps=1)
-    assert set(record["step_images_per_s"]) == {"today", "compiled_autograd"}
+    assert set(record["step_images_per_s"]) == {"today", "compiled_autograd", "inductor_layout"}
+    assert record["ratio_inductor_layout"] > 0
     assert set(record["update_ms"]) == {"eager", "compiled"} and record["update_share_of_step"] > 0
     assert all(len(s) == 2 for timings in record["seconds"].values() for s in timings.values())
 

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_config
+from pixeldiffusion import runtime
 from pixeldiffusion.models import UNet
 from pixeldiffusion.models.blocks import Attention, attend
 from pixeldiffusion.pipeline import Pipeline
-from pixeldiffusion.runtime import use_channels_last, use_compile
+from pixeldiffusion.runtime import training_compile_options, use_channels_last, use_compile
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.training import Trainer
 
@@ -164,6 +165,17 @@ def test_channels_last_unset_means_cuda_and_fp32_on_the_cpu_and_a_flag_overrides
     assert use_channels_last(None, gpu, bf16=True) and use_channels_last(None, cpu, bf16=False)
     assert not use_channels_last(None, cpu, bf16=True)
     assert use_channels_last(True, cpu, bf16=True) and not use_channels_last(False, gpu, bf16=False)
+
+
+def test_the_training_step_keeps_nchw_on_a_cpu_without_amx_where_inductor_would_turn_it_channels_last(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: "flags : fpu avx512f avx512_bf16")
+    assert training_compile_options(cpu, channels_last=False) == {"layout_optimization": False}
+    assert set(training_compile_options(cpu, channels_last=False)) <= set(torch._inductor.config.get_config_copy())
+    assert training_compile_options(cpu, channels_last=True) == {}
+    assert training_compile_options(gpu, channels_last=False) == {}
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: "flags : fpu avx512f avx512_bf16 amx_bf16 amx_tile")
+    assert training_compile_options(cpu, channels_last=False) == {}
 
 
 @pytest.mark.parametrize(

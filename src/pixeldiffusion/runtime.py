@@ -15,13 +15,23 @@ import torch
 COMPILE_PAYS_MINUTES = 10
 
 
+def cpu_flags() -> str:
+    """The CPU's feature flags as Linux lists them ("" elsewhere)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_has_amx() -> bool:
+    """Whether the CPU has AMX's bf16 tile multiply, whose convolutions run twice as fast channels-last."""
+    return "amx_bf16" in cpu_flags()
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -43,3 +53,11 @@ def use_channels_last(setting: bool | None, device: torch.device, bf16: bool) ->
     """channels_last unset: NHWC on CUDA (what tensor-core convolutions want) and in fp32 on the CPU (faster
     there); not in bf16 on the CPU, where torch's channels-last GroupNorm is slower."""
     return setting if setting is not None else device.type == "cuda" or (device.type == "cpu" and not bf16)
+
+
+def training_compile_options(device: torch.device, channels_last: bool) -> dict[str, bool]:
+    """inductor options for the training step. In NCHW on a CPU without AMX, keep that layout: inductor would make
+    the convolutions channels-last, which gains them little there, while GroupNorm then reduces groups of 2-4
+    adjacent channels with masked vector loads (docs/decisions.md, "inductor's layout for training"). With AMX,
+    whose convolutions run twice as fast channels-last, and in sampling, where it measured faster, inductor chooses."""
+    return {"layout_optimization": False} if device.type == "cpu" and not channels_last and not cpu_has_amx() else {}

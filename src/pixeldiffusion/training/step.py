@@ -17,7 +17,7 @@ from pixeldiffusion.models.embeddings import drop_condition
 from pixeldiffusion.models.mp_unet import force_weight_norm_, normalized_weights
 from pixeldiffusion.objectives import denoising_loss, draw_times
 from pixeldiffusion.process import Process
-from pixeldiffusion.runtime import use_bf16, use_channels_last, use_compile
+from pixeldiffusion.runtime import training_compile_options, use_bf16, use_channels_last, use_compile
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.seeding import generator, stream_seed
 from pixeldiffusion.training.ema import update_ema
@@ -67,7 +67,8 @@ class TrainStep:
         self.normalized_weights = normalized_weights(state.model)  # EDM2's network: kept at unit norm
         # the forward half of a step as one graph when compiled: forward process, network and weighted loss
         compiled = use_compile(runtime.compile, device, config.length.minutes)
-        self.loss = torch.compile(self.forward_loss) if compiled else self.forward_loss
+        options = training_compile_options(device, channels_last)
+        self.loss = torch.compile(self.forward_loss, options=options) if compiled else self.forward_loss
         self.first_bad = torch.tensor(-1, device=device)  # the first step with a NaN/inf loss or gradient
 
     def draw(self, step: int) -> Batch:
