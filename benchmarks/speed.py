@@ -49,7 +49,7 @@ from pixeldiffusion.interop.diffusers import unet_config_to_diffusers
 from pixeldiffusion.models import UNetConfig, build_unet, preset
 from pixeldiffusion.pipeline import Pipeline
 from pixeldiffusion.process import resolve_device
-from pixeldiffusion.runtime import cpu_has_amx, cpu_has_bf16
+from pixeldiffusion.runtime import cpu_flags, cpu_has_amx, cpu_has_bf16
 from pixeldiffusion.schedule import NoiseSchedule
 from pixeldiffusion.training import Trainer
 
@@ -488,7 +488,7 @@ def bench_size(
 
 
 def host_info(device: torch.device) -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
+    cpuinfo = cpu_flags()
     model_name = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line), None)
     status = git("status", "--porcelain")
     return {
